@@ -1,0 +1,247 @@
+"""Demonstration encoders: a puzzle's demo pairs -> T context tokens for the decoder.
+
+They replace TRM's per-puzzle embedding table, so a puzzle never seen in training can still
+be told apart. Every encoder maps demo_inputs / demo_outputs (B, K, G²) and demo_mask (B, K)
+to an `EncoderOutput`. Padded demo slots cost no compute: only the real demos are gathered
+into a flat batch, encoded, and scattered back (`encode_valid_demos`). `ENCODERS` at the
+bottom is the one registry of encoder names (reference §4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from etrm.grids import PAD, VOCAB_SIZE
+from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, rms_norm
+from etrm.losses import kl_divergence
+
+if TYPE_CHECKING:  # config.py imports this module lazily to validate encoder names
+    from etrm.config import ModelConfig
+
+LOGVAR_CLAMP = 10.0
+
+
+@dataclass
+class EncoderOutput:
+    context: Tensor  # (B, T, D) tokens prepended to the decoder input
+    kl: Tensor  # (B,) KL per sample; zeros for deterministic encoders
+    output_scale: Tensor  # (B,) RMS of the context per sample: compares encoders without a final norm
+
+
+def encoder_output(context: Tensor, kl: Tensor | None = None) -> EncoderOutput:
+    scale = context.detach().float().pow(2).mean(dim=(1, 2)).sqrt()
+    if kl is None:
+        kl = torch.zeros(context.shape[0], device=context.device)
+    return EncoderOutput(context, kl, scale)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x (B, K, ...) over the K slots where mask (B, K) is True."""
+    m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.dim() - 2)))
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def reparameterise(mu: Tensor, logvar: Tensor, training: bool) -> Tensor:
+    """z = mu + sigma·eps while training; the mean at evaluation, so evaluation is deterministic."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if training else mu
+
+
+class GaussianHead(nn.Module):
+    """mu and logvar projections (with bias); logvar starts at exactly 0 (unit variance)."""
+
+    def __init__(self, hidden_size: int, latent_dim: int):
+        super().__init__()
+        self.mu = Linear(hidden_size, latent_dim, bias=True)
+        self.logvar = Linear(hidden_size, latent_dim, bias=True)
+        nn.init.zeros_(self.logvar.weight)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mu(h), self.logvar(h).clamp(-LOGVAR_CLAMP, LOGVAR_CLAMP)
+
+
+class DemoPairEncoder(nn.Module):
+    """One (input, output) demo pair -> one vector, over 2G² tokens (separate input/output
+    embeddings, RoPE, PAD masked as attention keys).
+
+    readout 'pool' (`standard`): post-norm blocks, mean over non-PAD tokens, linear.
+    readout 'cls' (`hybrid_*`, `lpn_*`, LPN style): a CLS token first, pre-norm blocks, RMS norm of the CLS state.
+    """
+
+    def __init__(self, cfg: ModelConfig, grid_size: int, readout: str):
+        super().__init__()
+        assert readout in ("pool", "cls"), readout
+        D = cfg.hidden_size
+        self.readout = readout
+        self.scale = math.sqrt(D)
+        self.embed_in = Embedding(VOCAB_SIZE, D)
+        self.embed_out = Embedding(VOCAB_SIZE, D)
+        n_tokens = 2 * grid_size**2 + (readout == "cls")
+        self.rope = RotaryEmbedding(D // cfg.num_heads, n_tokens, cfg.rope_theta)
+        norm_style = "post" if readout == "pool" else "pre"
+        self.blocks = nn.ModuleList(
+            TransformerBlock(D, cfg.num_heads, cfg.expansion, norm_style) for _ in range(cfg.encoder.num_layers)
+        )
+        if readout == "cls":
+            self.cls = nn.Parameter(torch.empty(D))
+            nn.init.trunc_normal_(self.cls, std=1 / self.scale, a=-2 / self.scale, b=2 / self.scale)
+        else:
+            self.proj = Linear(D, D, bias=False)
+
+    def forward(self, inputs: Tensor, outputs: Tensor) -> Tensor:
+        x = torch.cat((self.embed_in(inputs), self.embed_out(outputs)), dim=1)
+        keep = torch.cat((inputs, outputs), dim=1) != PAD
+        if self.readout == "cls":
+            x = torch.cat((self.cls.expand(x.shape[0], 1, -1), x), dim=1)
+            keep = torch.cat((keep.new_ones(keep.shape[0], 1), keep), dim=1)
+        x = x * self.scale
+        for block in self.blocks:
+            x = block(x, self.rope(), keep)
+        if self.readout == "cls":
+            return rms_norm(x[:, 0])
+        return self.proj(masked_mean(x, keep))
+
+
+def encode_valid_demos(
+    encoder: DemoPairEncoder, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor
+) -> Tensor:
+    """Encode only the real demos; padded slots come back as zero vectors (B, K, D).
+
+    The gather needs the number of real demos on the host: one sync per step, the price
+    of not spending ~70% of the encoder's compute on padding.
+    """
+    B, K, _ = demo_inputs.shape
+    idx = demo_mask.flatten().nonzero().squeeze(1)
+    vecs = encoder(demo_inputs.flatten(0, 1)[idx], demo_outputs.flatten(0, 1)[idx])
+    return vecs.new_zeros(B * K, vecs.shape[-1]).index_copy(0, idx, vecs).view(B, K, -1)
+
+
+class DemoSetEncoder(nn.Module):
+    """T learnable queries cross-attend to the demo vectors (padded demos masked), each layer
+    followed by a SwiGLU, pre- or post-norm; then the switchable final RMS norm (the fix).
+
+    With pre-norm the residual stream's scale drifts with depth unless `final_norm`; with
+    post-norm every layer already ends in an RMS norm, so `final_norm` is a no-op.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        expansion: float,
+        num_layers: int,
+        num_tokens: int,
+        norm_style: str,
+        final_norm: bool,
+    ):
+        super().__init__()
+        self.final_norm = final_norm
+        self.queries = nn.Parameter(torch.empty(num_tokens, hidden_size))
+        nn.init.trunc_normal_(self.queries, std=1.0, a=-2.0, b=2.0)
+        self.layers = nn.ModuleList(
+            TransformerBlock(hidden_size, num_heads, expansion, norm_style) for _ in range(num_layers)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> DemoSetEncoder:
+        e = cfg.encoder
+        return cls(
+            cfg.hidden_size, cfg.num_heads, cfg.expansion, e.set_layers, e.output_tokens, e.norm_style, e.final_norm
+        )
+
+    def forward(self, demos: Tensor, demo_mask: Tensor) -> Tensor:
+        # A sample with no real demo attends to its (zero) slots rather than to nothing (NaN).
+        key_mask = demo_mask | ~demo_mask.any(dim=1, keepdim=True)
+        q = self.queries.expand(demos.shape[0], -1, -1)
+        for layer in self.layers:
+            q = layer(q, key_mask=key_mask, kv=demos)
+        return rms_norm(q) if self.final_norm else q
+
+
+class StandardEncoder(nn.Module):
+    """Per-demo pooled encoder -> DemoSetEncoder."""
+
+    readout = "pool"
+
+    def __init__(self, cfg: ModelConfig, grid_size: int):
+        super().__init__()
+        self.demo_encoder = DemoPairEncoder(cfg, grid_size, self.readout)
+        self.set_encoder = DemoSetEncoder.from_config(cfg)
+
+    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> EncoderOutput:
+        demos = encode_valid_demos(self.demo_encoder, demo_inputs, demo_outputs, demo_mask)
+        return encoder_output(self.set_encoder(demos, demo_mask))
+
+
+class HybridStandardEncoder(StandardEncoder):
+    """Per-demo CLS encoder (pre-norm) -> DemoSetEncoder."""
+
+    readout = "cls"
+
+
+class HybridVariationalEncoder(nn.Module):
+    """Per-demo CLS encoder -> DemoSetEncoder -> mean over T -> rms -> Gaussian latent -> T×D.
+
+    The decode projection is not normalised (reference §4), hence `output_scale`.
+    """
+
+    def __init__(self, cfg: ModelConfig, grid_size: int):
+        super().__init__()
+        self.shape = (cfg.encoder.output_tokens, cfg.hidden_size)
+        self.demo_encoder = DemoPairEncoder(cfg, grid_size, "cls")
+        self.set_encoder = DemoSetEncoder.from_config(cfg)
+        self.latent = GaussianHead(cfg.hidden_size, cfg.encoder.latent_dim)
+        self.decode = Linear(cfg.encoder.latent_dim, math.prod(self.shape), bias=False)
+
+    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> EncoderOutput:
+        demos = encode_valid_demos(self.demo_encoder, demo_inputs, demo_outputs, demo_mask)
+        h = rms_norm(self.set_encoder(demos, demo_mask).mean(dim=1))
+        mu, logvar = self.latent(h)
+        z = reparameterise(mu, logvar, self.training)
+        return encoder_output(self.decode(z).view(-1, *self.shape), kl_divergence(mu, logvar))
+
+
+class LPNStandardEncoder(nn.Module):
+    """Per-demo CLS encoder -> mean over real demos -> linear to T×D (no set encoder, no norm)."""
+
+    def __init__(self, cfg: ModelConfig, grid_size: int):
+        super().__init__()
+        self.shape = (cfg.encoder.output_tokens, cfg.hidden_size)
+        self.demo_encoder = DemoPairEncoder(cfg, grid_size, "cls")
+        self.decode = Linear(cfg.hidden_size, math.prod(self.shape), bias=False)
+
+    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> EncoderOutput:
+        demos = encode_valid_demos(self.demo_encoder, demo_inputs, demo_outputs, demo_mask)
+        return encoder_output(self.decode(masked_mean(demos, demo_mask)).view(-1, *self.shape))
+
+
+class LPNVariationalEncoder(nn.Module):
+    """Per-demo CLS encoder -> per-demo Gaussian latent, sampled per demo -> mean over real
+    demos -> linear to T×D. The KL is the mean over the sample's real demos."""
+
+    def __init__(self, cfg: ModelConfig, grid_size: int):
+        super().__init__()
+        self.shape = (cfg.encoder.output_tokens, cfg.hidden_size)
+        self.demo_encoder = DemoPairEncoder(cfg, grid_size, "cls")
+        self.latent = GaussianHead(cfg.hidden_size, cfg.encoder.latent_dim)
+        self.decode = Linear(cfg.encoder.latent_dim, math.prod(self.shape), bias=False)
+
+    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> EncoderOutput:
+        demos = encode_valid_demos(self.demo_encoder, demo_inputs, demo_outputs, demo_mask)
+        mu, logvar = self.latent(demos)  # (B, K, latent); padded slots are masked out below
+        z = masked_mean(reparameterise(mu, logvar, self.training), demo_mask)
+        kl = masked_mean(kl_divergence(mu, logvar), demo_mask)
+        return encoder_output(self.decode(z).view(-1, *self.shape), kl)
+
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    "standard": StandardEncoder,
+    "hybrid_standard": HybridStandardEncoder,
+    "hybrid_variational": HybridVariationalEncoder,
+    "lpn_standard": LPNStandardEncoder,
+    "lpn_variational": LPNVariationalEncoder,
+}
