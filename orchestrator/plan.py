@@ -1,0 +1,100 @@
+"""The plan: the trials a spec asks for, each with an id that survives relaunches.
+
+A trial's id is the hash of its resolved TrialConfig, seed included, so the same
+trial gets the same id whenever it is planned: relaunching a sweep, or adding seeds
+or axis values to it, leaves the ids of existing trials unchanged and only the new
+ones run. A cell's id hashes the same config without the seed, so it is shared by
+all of the cell's seeds and does not change when seeds are added.
+
+With `search: {optuna: ...}` there is no grid to plan: Ray Tune's OptunaSearch
+draws `num_samples` configs at launch, and the plan only describes that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from etrm.config import TrialConfig, build_config
+from orchestrator.spec import SweepSpec, show_value
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    trial_id: str  # config_hash() of the resolved config, seed included
+    cell_id: str  # hash of the resolved config without the seed
+    cell_label: str  # `final_norm=true type=hybrid_standard`, for people
+    seed: int
+    variant: dict[str, Any]  # axis key -> value (no seed): what the comparison groups by
+    config: TrialConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: SweepSpec
+    trials: list[PlannedTrial]  # cells in spec order, seeds in spec order within a cell; empty for optuna
+    excluded_cells: int
+
+    @property
+    def cells(self) -> dict[str, list[PlannedTrial]]:
+        """cell_id -> the cell's trials, one per seed."""
+        cells: dict[str, list[PlannedTrial]] = {}
+        for trial in self.trials:
+            cells.setdefault(trial.cell_id, []).append(trial)
+        return cells
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.trials) if self.spec.search == "grid" else self.spec.search.optuna.num_samples
+
+    def pending(self, finished_ids: set[str]) -> list[PlannedTrial]:
+        """The trials still to run (in plan order) once `finished_ids` are done."""
+        return [t for t in self.trials if t.trial_id not in finished_ids]
+
+    def summary(self) -> str:
+        """`4 cells x 3 seeds = 12 trials`, or what optuna will sample."""
+        if self.spec.search != "grid":
+            opt = self.spec.search.optuna
+            return (f"optuna samples {opt.num_samples} trials over {', '.join(opt.space)} "
+                    f"(seed {self.spec.seeds[0]}, {opt.mode}imising {opt.metric})")
+        text = f"{len(self.cells)} cells x {len(self.spec.seeds)} seeds = {len(self.trials)} trials"
+        return text + (f" ({self.excluded_cells} cells excluded)" if self.excluded_cells else "")
+
+
+def cell_hash(config: TrialConfig) -> str:
+    """Like TrialConfig.config_hash(), without the seed: one id for every seed of a cell."""
+    tree = config.model_dump(mode="json")
+    del tree["seed"]
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each key that no other key ends with (final_norm, encoder.num_layers)."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if not any(other != key and (other == suffix or other.endswith("." + suffix)) for other in keys):
+                break
+        names[key] = suffix
+    return names
+
+
+def planned_trial(spec: SweepSpec, variant: dict[str, Any], seed: int) -> PlannedTrial:
+    """The trial that runs `variant` (axis or sampled key -> value) over the spec's base with `seed`."""
+    config = build_config(spec.base, variant | {"seed": seed})
+    names = short_names(list(variant))
+    label = " ".join(f"{names[k]}={show_value(v)}" for k, v in variant.items()) or "base"
+    return PlannedTrial(config.config_hash(), cell_hash(config), label, seed, dict(variant), config)
+
+
+def make_plan(spec: SweepSpec) -> Plan:
+    if spec.search != "grid":
+        return Plan(spec, [], 0)
+    cells = spec.cells()
+    trials = [planned_trial(spec, variant, seed) for variant in cells for seed in spec.seeds]
+    return Plan(spec, trials, spec.grid_size() - len(cells))

@@ -1,0 +1,569 @@
+"""The sweep spec: a research question written as a grid of trials, checked before anything runs.
+
+A spec names a base trial config, the axes to vary, the seeds, the cells to skip,
+the contrast to measure and where to run and record it. `load_spec` checks all of
+it up front -- every axis is a real trial-config key, every cell of the grid builds
+a valid TrialConfig, the contrast can be paired seed by seed, the metrics exist --
+so a sweep never dies an hour in on a typo. Each problem is one line that names
+the field: `axes.model.encoder.typo: not a trial-config key`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from etrm.config import ConfigError, build_config, config_keys
+
+DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var")
+
+
+class SpecError(ValueError):
+    """A sweep spec that does not validate; `str()` is one line per problem, naming the field path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(Strict):
+    """What one trial reserves on a Ray worker."""
+
+    cpu: float = Field(1.0, gt=0, description="CPU cores reserved per trial (Ray logical CPUs).")
+    gpu: float = Field(
+        0.0, ge=0, description="GPUs per trial: 0, a fraction of one GPU (0 < gpu <= 1: trials share it) or a whole number."
+    )
+
+    @field_validator("gpu")
+    @classmethod
+    def _fraction_or_whole(cls, v: float) -> float:
+        if v > 1 and not v.is_integer():
+            raise ValueError(f"{v:g} GPUs: give a fraction of one GPU (0 < gpu <= 1) or a whole number")
+        return v
+
+
+class Contrast(Strict):
+    """The question: two values of one axis, compared seed by seed within every combination of the other axes."""
+
+    axis: str = Field(description="The axis under study, e.g. model.encoder.final_norm.")
+    treatment: Any = Field(description="The value being tested (one of the axis values).")
+    control: Any = Field(description="The value it is compared against (another of the axis values).")
+
+
+class Distribution(Strict):
+    """Where Optuna may sample one trial-config key."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="float and int take low/high(/log); categorical takes choices.")
+    low: int | float | None = Field(None, description="Lower bound (inclusive).")
+    high: int | float | None = Field(None, description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    choices: list[Any] | None = Field(None, description="The values a categorical key may take.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Distribution":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("categorical takes `choices` only, not low/high/log")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs `low` and `high`")
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high, not `choices` (use type: categorical)")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError("int needs whole-number low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        return self
+
+
+class Optuna(Strict):
+    """Optuna (TPE) search through Ray Tune: each trial is a point sampled from `space`, run with the one seed."""
+
+    num_samples: int = Field(ge=1, description="Trials to sample.")
+    metric: str | None = Field(None, description="Metric to optimise (default: the first of `metrics`).")
+    mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
+    space: dict[str, Distribution] = Field(description="Dotted trial-config key -> its distribution.")
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, v: dict[str, Distribution]) -> dict[str, Distribution]:
+        if not v:
+            raise ValueError("give at least one dotted trial-config key to sample")
+        return v
+
+
+class OptunaSearch(Strict):
+    optuna: Optuna = Field(description="Optuna settings.")
+
+
+class Tracking(Strict):
+    """Where the sweep is recorded (MLflow)."""
+
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (http://host:5000, postgresql://..., sqlite:///...); "
+        "null = the embedded local store under .etrm-sweep/ (open it with `etrm-sweep ui`)."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment name; defaults to the sweep name.")
+
+
+class Cluster(Strict):
+    """Where trials run (Ray)."""
+
+    address: str | None = Field(
+        None, description="Ray cluster address (`auto`, `ray://head:10001`, `head:6379`); null = a local Ray sized to this machine."
+    )
+    storage: str | None = Field(
+        None, description="Path or URI (s3://, gs://) every node can reach, for checkpoints and Ray results; "
+        "null = .etrm-sweep/ on this machine."
+    )
+
+
+class SweepSpec(Strict):
+    """One sweep: base config × axes × seeds, minus exclusions, with the contrast it measures."""
+
+    name: str = Field(max_length=64, description="Sweep identity ([a-z0-9_-]): names the MLflow experiment and run folders.")
+    description: str = Field("", description="The question the sweep answers, in a sentence.")
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="A trial config (as in `etrm-sweep trial`); keys it leaves out take the trainer defaults."
+    )
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Dotted trial-config key -> values to try; the grid is their full factorial "
+        "(no axes: one cell, the base config)."
+    )
+    seeds: list[Annotated[StrictInt, Field(ge=0)]] = Field(
+        description="Seeds every cell runs with, e.g. [0, 1, 2] or {count: 5} (= 0..4). Cells share seeds, so "
+        "the arms of a contrast are paired seed by seed."
+    )
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Cells to skip: each entry maps axis keys to values, and drops every cell "
+        "that matches all of them, e.g. {model.encoder.type: standard, model.encoder.kl_weight: 1.0e-4}."
+    )
+    contrast: Contrast | None = Field(None, description="The comparison to report (treatment vs control of one axis).")
+    metrics: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS),
+        description="Metrics the comparison reports (names from etrm.metrics.METRICS); the first is the primary one.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Per-trial reservation.")
+    max_concurrent: int | None = Field(None, ge=1, description="Trials running at once; null = as many as resources allow.")
+    max_failures: int = Field(2, ge=0, description="Times a crashed trial is retried, resuming from its last checkpoint.")
+    scheduler: Literal["none", "asha"] = Field(
+        "none", description="`none`: every trial runs to the end. `asha`: stop weak trials early, ranked by the primary "
+        "metric (see primary_metric); refused with a contrast, whose arms must run alike."
+    )
+    search: Annotated[
+        Annotated[Literal["grid"], Tag("<grid>")] | Annotated[OptunaSearch, Tag("<optuna>")],
+        Discriminator(lambda v: "<grid>" if isinstance(v, str) else "<optuna>"),
+    ] = Field("grid", description="`grid`: every cell × seed. {optuna: {...}}: sample a space instead of a grid.")
+    tracking: Tracking = Field(default_factory=Tracking, description="MLflow location.")
+    cluster: Cluster = Field(default_factory=Cluster, description="Ray location.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
+            raise ValueError(f"{v!r}: use lowercase letters, digits, '-' and '_' (it names the experiment and folders)")
+        return v
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            count = v.get("count")
+            if set(v) != {"count"} or not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError("give a list of seeds or {count: N} with a whole number N >= 1")
+            return list(range(count))
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed")
+        repeated = sorted({s for s in v if v.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} appears more than once")
+        return v
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search_word(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "grid":
+            raise ValueError(f"{v!r}: use `grid` or {{optuna: {{num_samples, metric, mode, space}}}}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepSpec":
+        """Cross-field checks; they also give axis, exclude and contrast values the types of their config keys."""
+        problems = _base_problems(self) + _scheduler_problems(self)
+        if self.search == "grid":
+            problems += _axes_problems(self)
+            if not problems:
+                problems += _exclude_problems(self)
+            if not problems:
+                problems += _contrast_problems(self)
+            if not problems:
+                problems += _cell_problems(self)
+        else:
+            problems += _optuna_problems(self)
+        problems += _metric_problems(self)
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))
+        if self.tracking.experiment is None:
+            self.tracking.experiment = self.name
+        return self
+
+    def cells(self) -> list[dict[str, Any]]:
+        """The grid: every combination of axis values (in spec order), minus excluded ones; [{}] without axes."""
+        combos = (dict(zip(self.axes, values)) for values in itertools.product(*self.axes.values()))
+        return [c for c in combos if not any(_matches(c, entry) for entry in self.exclude)]
+
+    def grid_size(self) -> int:
+        """Cells before exclusions."""
+        return math.prod(len(values) for values in self.axes.values())
+
+    def primary_metric(self) -> tuple[str, Literal["max", "min"]]:
+        """(metric, mode) that optuna and ASHA optimise: optuna's own, else the first of `metrics`, higher is better."""
+        if self.search == "grid":
+            return self.metrics[0], "max"
+        return self.search.optuna.metric, self.search.optuna.mode
+
+
+def _matches(cell: dict[str, Any], entry: dict[str, Any]) -> bool:
+    return all(cell[key] == value for key, value in entry.items())
+
+
+def show_value(value: Any) -> str:
+    """As YAML writes it: true, 0.0001, hybrid_standard, [0.9, 0.95]."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def show_cell(cell: dict[str, Any]) -> str:
+    """A cell as a YAML flow mapping, ready to paste under `exclude:`."""
+    return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in cell.items()) + "}"
+
+
+def _common(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The axis values all `cells` share: the smallest description of a group of failing cells."""
+    return {k: v for k, v in cells[0].items() if all(c[k] == v for c in cells)}
+
+
+# ---- cross-field checks: each returns one line per problem, naming the field ----
+
+
+@functools.cache
+def _adapter(key: str) -> TypeAdapter:
+    field = config_keys()[key]
+    return TypeAdapter(Annotated[field.annotation, field])  # the FieldInfo carries the constraints (ge=0, ...)
+
+
+def _typed(key: str, value: Any) -> Any:
+    """`value` as the config field `key` holds it (YAML's `1e-4` is a string; kl_weight wants 0.0001)."""
+    try:
+        return _adapter(key).validate_python(value)
+    except ValidationError as err:
+        raise ValueError("; ".join(e["msg"] for e in err.errors())) from None
+
+
+def _key_problem(key: str) -> str | None:
+    """Why `key` cannot be varied, or None if it is a trial-config leaf key."""
+    keys = config_keys()
+    if key == "seed":
+        return "the seed is not an axis: list seeds under `seeds:` (cells share them, so arms pair by seed)"
+    if key in keys:
+        return None
+    inside = [k for k in keys if k.startswith(key + ".")]
+    if inside:
+        return f"a config section, not a key; name one of its keys, e.g. {inside[0]}"
+    close = difflib.get_close_matches(key, list(keys), n=1)
+    return "not a trial-config key" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _base_problems(spec: SweepSpec) -> list[str]:
+    if "seed" in spec.base:
+        return ["base.seed: set seeds with the top-level `seeds:` list"]
+    try:
+        build_config(spec.base)
+    except ConfigError as err:
+        return [f"base.{line}" for line in str(err).splitlines()]
+    return []
+
+
+def _axes_problems(spec: SweepSpec) -> list[str]:
+    problems = []
+    for key, values in spec.axes.items():
+        if (why := _key_problem(key)) is not None:
+            problems.append(f"axes.{key}: {why}")
+            continue
+        if not values:
+            problems.append(f"axes.{key}: give at least one value")
+        typed = []
+        for i, value in enumerate(values):
+            try:
+                typed.append(_typed(key, value))
+            except ValueError as err:
+                problems.append(f"axes.{key}[{i}]: {err}")
+                continue
+            if typed[-1] in typed[:-1]:
+                problems.append(f"axes.{key}[{i}]: {value!r} is listed twice")
+        spec.axes[key] = typed
+    return problems
+
+
+def _exclude_problems(spec: SweepSpec) -> list[str]:
+    problems = []
+    for i, entry in enumerate(spec.exclude):
+        if not entry:
+            problems.append(f"exclude[{i}]: empty; map axis keys to the values to skip")
+        for key, value in entry.items():
+            where = f"exclude[{i}].{key}"
+            if key not in spec.axes:
+                problems.append(f"{where}: not an axis (exclusions select cells by axis values)")
+                continue
+            try:
+                entry[key] = _typed(key, value)
+            except ValueError as err:
+                problems.append(f"{where}: {err}")
+                continue
+            if entry[key] not in spec.axes[key]:
+                problems.append(f"{where}: {value!r} is not one of the axis values {spec.axes[key]}")
+    if not problems and not spec.cells():
+        problems.append(f"exclude: removes all {spec.grid_size()} cells of the grid")
+    return problems
+
+
+def _contrast_problems(spec: SweepSpec) -> list[str]:
+    c = spec.contrast
+    if c is None:
+        return []
+    if c.axis not in spec.axes:
+        return [f"contrast.axis: {c.axis} is not an axis (axes: {', '.join(spec.axes) or 'none'})"]
+    values = spec.axes[c.axis]
+    problems = []
+    for arm in ("treatment", "control"):
+        try:
+            setattr(c, arm, _typed(c.axis, getattr(c, arm)))
+        except ValueError as err:
+            problems.append(f"contrast.{arm}: {err}")
+            continue
+        if getattr(c, arm) not in values:
+            problems.append(f"contrast.{arm}: {getattr(c, arm)!r} is not one of the values of {c.axis}: {values}")
+    if not problems and c.treatment == c.control:
+        problems.append("contrast: treatment and control are the same value")
+    if problems:
+        return problems
+    cells = spec.cells()
+    for arm, other in ((c.treatment, c.control), (c.control, c.treatment)):
+        unpaired = [cell for cell in cells if cell[c.axis] == arm and cell | {c.axis: other} not in cells]
+        if unpaired:
+            problems.append(
+                f"contrast: cells {show_cell(_common(unpaired))} have no partner with {c.axis}: {show_value(other)} "
+                "(excluded); exclude both arms or neither, so every comparison is paired"
+            )
+    return problems
+
+
+def _scheduler_problems(spec: SweepSpec) -> list[str]:
+    if spec.scheduler == "asha" and spec.contrast is not None:
+        return [
+            "scheduler: asha stops trials early on an interim metric, so in an ablation one arm of the contrast would be "
+            "cut short on some seeds and not on others, biasing the paired comparison; use `scheduler: none`"
+        ]
+    return []
+
+
+def _cell_problems(spec: SweepSpec) -> list[str]:
+    """Build every cell's config: a value can be valid alone and invalid in combination."""
+    problems, seen = [], {}
+    failing: dict[str, list[dict[str, Any]]] = {}  # config error line -> the cells that raise it
+    for cell in spec.cells():
+        try:
+            config = build_config(spec.base, cell)
+        except ConfigError as err:
+            for line in str(err).splitlines():
+                failing.setdefault(line, []).append(cell)
+            continue
+        digest = config.config_hash()
+        if digest in seen:
+            problems.append(f"axes: cells {show_cell(seen[digest])} and {show_cell(cell)} give the same trial config")
+        seen[digest] = cell
+        if config.train.device == "cuda" and spec.resources.gpu == 0:
+            problems.append("resources.gpu: trials with train.device cuda need resources.gpu > 0 (Ray hides GPUs from them)")
+    return [_blame(spec, line, cells) for line, cells in failing.items()] + problems
+
+
+def _blame(spec: SweepSpec, line: str, cells: list[dict[str, Any]]) -> str:
+    """Pin a config error on the axis value that caused it, or else on what the failing cells share."""
+    path, _, msg = line.partition(": ")
+    for key, value in cells[0].items():
+        if path == key or path.startswith(key + "."):
+            return f"axes.{key}[{spec.axes[key].index(value)}]: {msg}"
+    return f"axes: cells {show_cell(_common(cells))} are not valid configs ({line}); change the values or exclude them"
+
+
+def _optuna_problems(spec: SweepSpec) -> list[str]:
+    opt = spec.search.optuna
+    problems = []
+    if spec.axes:
+        problems.append("axes: optuna search samples `search.optuna.space` instead of a grid; move the axes there or use `search: grid`")
+    if spec.exclude:
+        problems.append("exclude: only a grid search has cells to exclude")
+    if spec.contrast is not None:
+        problems.append("contrast: a contrast pairs cells of a grid; use `search: grid`")
+    if len(spec.seeds) != 1:
+        problems.append("seeds: optuna search runs each sample once; give one seed")
+    for key, dist in opt.space.items():
+        where = f"search.optuna.space.{key}"
+        if (why := _key_problem(key)) is not None:
+            problems.append(f"{where}: {why}")
+            continue
+        probes = {"choices": dist.choices} if dist.type == "categorical" else {"low": [dist.low], "high": [dist.high]}
+        for name, values in probes.items():
+            for value in values:
+                try:
+                    build_config(spec.base, {key: value})
+                except ConfigError as err:
+                    problems += [f"{where}.{name}: {line.partition(': ')[2]}" for line in str(err).splitlines()]
+    return problems
+
+
+def _metric_problems(spec: SweepSpec) -> list[str]:
+    from etrm.metrics import METRICS  # imports torch: only when a spec is checked
+
+    def unknown(where: str, name: str) -> str:
+        close = difflib.get_close_matches(name, list(METRICS), n=1)
+        return f"{where}: unknown metric {name!r}" + (f" (did you mean {close[0]}?)" if close else " (see etrm.metrics.METRICS)")
+
+    problems = []
+    if not spec.metrics:
+        problems.append("metrics: name at least one metric to compare")
+    for i, name in enumerate(spec.metrics):
+        if name not in METRICS:
+            problems.append(unknown(f"metrics[{i}]", name))
+        elif name in spec.metrics[:i]:
+            problems.append(f"metrics[{i}]: {name} is listed twice")
+    if spec.search != "grid":
+        opt = spec.search.optuna
+        if opt.metric is None:
+            opt.metric = spec.metrics[0] if spec.metrics else None
+        elif opt.metric not in METRICS:
+            problems.append(unknown("search.optuna.metric", opt.metric))
+    return problems
+
+
+# ---- loading ----
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a repeated key: PyYAML would silently keep the last one (a lost axis)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# A date-like scalar (`2024-01-01`) stays a string: trial configs hold JSON values only.
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(loc: list[str | int]) -> list[str]:
+    """The keys allowed where an unknown key `loc` was found (for a did-you-mean)."""
+    models: list[type[BaseModel]] = [SweepSpec]
+    for part in loc[:-1]:
+        fields = [m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields]
+        if fields:  # else a dict key or list index: the same models hold its value's keys
+            models = _models_in(fields[0].annotation)
+    return [name for m in models for name in m.model_fields]
+
+
+def format_spec_error(err: ValidationError) -> str:
+    """One line per problem: `field.path[i]: message` (union tags such as `<optuna>` are not part of the path)."""
+    lines = []
+    for e in err.errors():
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("<") and p.endswith(">"))]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+        lines.append(f"{path}: {msg}" if path else msg)
+    return "\n".join(lines)
+
+
+def parse_spec(tree: dict[str, Any]) -> SweepSpec:
+    """Validate a spec already read from YAML (or built in code), or raise SpecError."""
+    try:
+        return SweepSpec.model_validate(tree)
+    except ValidationError as err:
+        raise SpecError(format_spec_error(err)) from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and fully validate a YAML sweep spec, or raise SpecError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        raise SpecError(f"{path}: not valid YAML (line {mark.line + 1}, column {mark.column + 1}: {err.problem})") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(tree, dict):
+        raise SpecError(f"{path}: the top level must be a mapping (name:, base:, axes:, seeds:, ...)")
+    return parse_spec(tree)
+
+
+def check_resources(spec: SweepSpec, cluster_resources: dict[str, float]) -> None:
+    """At launch, once connected to Ray: refuse a per-trial request no node pool could ever satisfy."""
+    problems = []
+    have_gpu, have_cpu = cluster_resources.get("GPU", 0), cluster_resources.get("CPU", 0)
+    if spec.resources.gpu > have_gpu:
+        has = f"only {have_gpu:g}" if have_gpu else "none"
+        problems.append(
+            f"resources.gpu: each trial asks for {spec.resources.gpu:g} GPU but the cluster has {has}; "
+            "connect to a GPU cluster (cluster.address) or set resources.gpu: 0"
+        )
+    if spec.resources.cpu > have_cpu:
+        problems.append(f"resources.cpu: each trial asks for {spec.resources.cpu:g} CPUs but the cluster has {have_cpu:g}")
+    if problems:
+        raise SpecError("\n".join(problems))
