@@ -1,0 +1,614 @@
+"""Group trials into cells, pair them by seed, and answer 'does the treatment help, by how much, how sure?'.
+
+A cell is one combination of the sweep's axes (everything but the seed). A contrast compares the cell
+with axis=treatment against the cell with axis=control for every combination of the other axes, per
+metric. The first metric listed is the primary (confirmatory) one: Holm corrects across its contrasts only,
+so a small sweep can still answer its one question; the other metrics are exploratory, reported with raw
+p-values. Every rule that decides what enters a number is written into Comparison.rules, and so into the
+report.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import asdict, dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import numpy as np
+
+from orchestrator import stats
+from orchestrator.records import STATUSES, TrialRecord, mlflow_metric_name
+
+DEFAULT_METRICS = [
+    "eval/exact_accuracy",
+    "ARC/pass@1",
+    "ARC/pass@2",
+    "train/lm_loss",
+    "encoder_cross_sample_var",
+    "encoder_output_norm",
+    "grad/total_norm",
+]
+SELECTIONS = ("final", "best")
+ALPHA = 0.05
+
+# Which way is better; metrics matching neither are tested two-sided and never called "improved".
+HIGHER_IS_BETTER = ("*accuracy", "ARC/pass@*")
+LOWER_IS_BETTER = ("*loss",)
+FRACTIONS = ("*accuracy", "ARC/pass@*")  # shown in %, differences in percentage points
+VARIANCES = ("*_var",)  # a variance: also report the SD ratio it implies
+
+
+def _matches(metric: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(metric, p) for p in patterns)
+
+
+def is_fraction(metric: str) -> bool:
+    return _matches(metric, FRACTIONS)
+
+
+def direction(metric: str) -> int:
+    """+1 higher is better, -1 lower is better, 0 unknown."""
+    return 1 if _matches(metric, HIGHER_IS_BETTER) else -1 if _matches(metric, LOWER_IS_BETTER) else 0
+
+
+def format_value(metric: str, x: float | None, diff: bool = False) -> str:
+    """One number in the metric's display unit: fractions as % (levels) or points (differences)."""
+    if x is None or not math.isfinite(x):
+        return "n/a" if x is None or math.isnan(x) else ("+inf" if x > 0 else "-inf")
+    if is_fraction(metric):
+        return f"{100 * x:+.1f}" if diff else f"{100 * x:.1f}%"
+    return f"{x:+.3g}" if diff else f"{x:.4g}"
+
+
+def format_interval(metric: str, ci: tuple[float, float] | None, diff: bool = False) -> str:
+    if ci is None or not all(map(math.isfinite, ci)):
+        return "n/a"
+    lo, hi = (format_value(metric, x, diff).lstrip("+") for x in ci)
+    return f"[{lo}, {hi}]"
+
+
+def format_ratio(x: float | None, ci: tuple[float, float] | None) -> str:
+    """A ratio with its bootstrap CI when there is one (None below stats.MIN_BOOTSTRAP_N)."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+
+
+@dataclass
+class MetricSummary:
+    """One metric in one cell: what entered, and the mean with its uncertainty."""
+
+    metric: str
+    n: int
+    mean: float
+    sd: float
+    ci_t: tuple[float, float]
+    ci_boot: tuple[float, float] | None  # None below stats.MIN_BOOTSTRAP_N
+    values: dict[int, float]  # seed -> selected value (finished and diverged trials)
+    diverged_seeds: list[int]  # seeds in `values` whose trial diverged
+    missing_seeds: list[int]  # finished/diverged trials that logged no finite value of this metric
+
+
+@dataclass
+class Cell:
+    cell_id: str
+    label: str  # "final_norm=true, type=standard"
+    variant: dict[str, Any]
+    status: dict[int, str]  # seed -> trial status, every trial of the cell
+    run_ids: dict[int, str]  # seed -> MLflow run id: every number traces back to runs
+    metrics: dict[str, MetricSummary]
+
+    def seeds(self, status: str) -> list[int]:
+        return sorted(s for s, st in self.status.items() if st == status)
+
+
+@dataclass
+class ContrastResult:
+    """Treatment vs control on one metric, within one combination of the other axes."""
+
+    context: dict[str, Any]
+    context_label: str
+    metric: str
+    direction: int
+    treatment_cell: str | None
+    control_cell: str | None
+    treatment_label: str
+    control_label: str
+    confirmatory: bool  # the primary metric (in the Holm family); False: exploratory, p not corrected
+    method: str  # "paired sign-flip" | "unpaired permutation" | "none"
+    paired_seeds: list[int]
+    treatment_only_seeds: list[int]
+    control_only_seeds: list[int]
+    n_treatment: int
+    n_control: int
+    diff: float  # treatment - control (mean of paired differences, or difference of means)
+    ci_t: tuple[float, float]
+    ci_boot: tuple[float, float] | None
+    p: float
+    min_p: float  # smallest p the test could give with this n
+    p_holm: float | None  # None: not in the family (exploratory metric, or no test possible)
+    effect_size: float
+    effect_size_name: str  # "d_z" (paired) | "d_av" (unpaired)
+    prob_higher: float  # P(treatment > control) + ties/2
+    n_higher: int | None  # paired only: seeds where treatment > control
+    n_lower: int | None
+    sd_ratio: float  # SD across seeds, treatment / control
+    sd_ratio_ci: tuple[float, float] | None
+    scale_ratio: float | None  # variance metrics: sqrt(mean_t / mean_c)
+    scale_ratio_ci: tuple[float, float] | None
+    verdict: str = ""
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm is not None and self.p_holm < ALPHA
+
+
+@dataclass
+class Comparison:
+    axes: list[str]
+    contrast: tuple[str, Any, Any] | None  # (axis, treatment, control)
+    metrics: list[str]
+    selection: str
+    seed: int
+    cells: list[Cell]
+    contrasts: list[ContrastResult]
+    family_size: int  # tests in the Holm family: the primary metric's contrasts that could be tested
+    rules: dict[str, str]  # how every number was made, in words, for the report
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def verdicts(self) -> list[str]:
+        return [c.verdict for c in self.contrasts]
+
+    def cell(self, cell_id: str) -> Cell:
+        return {c.cell_id: c for c in self.cells}[cell_id]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: non-finite floats become None, seed keys become strings."""
+        d = asdict(self)
+        for c, out in zip(self.contrasts, d["contrasts"]):
+            out["significant"] = c.significant
+        d["verdicts"] = self.verdicts
+        return _jsonable(d)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# --- what a trial contributes -----------------------------------------------------------------------
+
+
+def _last_finite(points: list[tuple[int, float]], up_to: float = math.inf) -> float | None:
+    for step, value in reversed(points):
+        if step <= up_to and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def _best_step(record: TrialRecord, metric: str) -> int | None:
+    """Earliest step at which `metric` reached its best finite value (the early-stopping choice)."""
+    points = [(s, v) for s, v in record.history.get(metric, []) if math.isfinite(v)]
+    if not points:
+        return None
+    sign = direction(metric)
+    return min(points, key=lambda sv: (-sign * sv[1], sv[0]))[0]
+
+
+def _selected_value(record: TrialRecord, metric: str, selection: str, validation_metric: str) -> float | None:
+    """The one number a trial contributes to `metric` under the selection rule, or None."""
+    if selection == "final":
+        value = record.final.get(metric)
+        if value is not None and math.isfinite(value):
+            return float(value)
+        return _last_finite(record.history.get(metric, []))
+    step = _best_step(record, validation_metric)
+    return None if step is None else _last_finite(record.history.get(metric, []), up_to=step)
+
+
+# --- cells --------------------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _short_names(axes: list[str]) -> dict[str, str]:
+    """Last dotted component (model.encoder.final_norm -> final_norm) unless two axes share it."""
+    last = [a.rsplit(".", 1)[-1] for a in axes]
+    return {a: s if last.count(s) == 1 else a for a, s in zip(axes, last)}
+
+
+def _label(variant: dict[str, Any], names: dict[str, str]) -> str:
+    return ", ".join(f"{names[a]}={_show(v)}" for a, v in variant.items()) or "all trials"
+
+
+def _rng(seed: int, *keys: str) -> np.random.Generator:
+    """Independent stream per (cell or contrast, metric): results do not depend on iteration order."""
+    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
+
+
+def _summarise(
+    metric: str, values: dict[int, float], diverged: list[int], missing: list[int], rng: np.random.Generator
+) -> MetricSummary:
+    x = np.array([values[s] for s in sorted(values)])
+    return MetricSummary(
+        metric=metric,
+        n=len(x),
+        mean=float(x.mean()) if len(x) else math.nan,
+        sd=float(x.std(ddof=1)) if len(x) > 1 else math.nan,
+        ci_t=stats.t_interval(x),
+        ci_boot=stats.bootstrap_mean_interval(x, rng),
+        values=dict(sorted(values.items())),
+        diverged_seeds=sorted(s for s in diverged if s in values),
+        missing_seeds=sorted(missing),
+    )
+
+
+def _cells(records, axes, metrics, selection, seed) -> list[Cell]:
+    names = _short_names(axes)
+    groups: dict[tuple, list[TrialRecord]] = {}
+    for r in records:
+        if r.status not in STATUSES:
+            raise ValueError(f"trial {r.trial_id}: unknown status {r.status!r}; known: {list(STATUSES)}")
+        missing_axes = [a for a in axes if a not in r.variant]
+        if missing_axes:
+            raise ValueError(f"trial {r.trial_id}: variant lacks axes {missing_axes}")
+        groups.setdefault(tuple(r.variant[a] for a in axes), []).append(r)
+
+    cells = []
+    for key, group in groups.items():
+        variant = dict(zip(axes, key))
+        group.sort(key=lambda r: r.seed)
+        cell_ids, seeds = {r.cell_id for r in group}, [r.seed for r in group]
+        if len(cell_ids) > 1 or len(set(seeds)) < len(seeds):
+            raise ValueError(
+                f"cell {_label(variant, names)} holds cells {sorted(cell_ids)} and seeds {seeds}: "
+                "`axes` must list every axis of the sweep, one trial per seed per cell"
+            )
+        cell_id = group[0].cell_id
+        usable = [r for r in group if r.status in ("finished", "diverged")]
+        diverged = [r.seed for r in usable if r.status == "diverged"]
+        summaries = {}
+        for m in metrics:
+            picked = {r.seed: _selected_value(r, m, selection, metrics[0]) for r in usable}
+            values = {s: v for s, v in picked.items() if v is not None}
+            missing = [s for s, v in picked.items() if v is None]
+            summaries[m] = _summarise(m, values, diverged, missing, _rng(seed, cell_id, m))
+        cells.append(
+            Cell(
+                cell_id=cell_id,
+                label=_label(variant, names),
+                variant=variant,
+                status={r.seed: r.status for r in group},
+                run_ids={r.seed: r.run_id for r in group},
+                metrics=summaries,
+            )
+        )
+    return cells
+
+
+# --- contrasts ----------------------------------------------------------------------------------------
+
+
+def _contrast(
+    metric: str, t_cell: Cell | None, c_cell: Cell | None, rng: np.random.Generator, **labels: Any
+) -> ContrastResult:
+    """Paired by seed when every usable seed has its partner; an unpaired permutation test (Welch CI) on all
+    values when some do not (drops no value); no test below two values per arm."""
+    vt = t_cell.metrics[metric].values if t_cell else {}
+    vc = c_cell.metrics[metric].values if c_cell else {}
+    paired = sorted(vt.keys() & vc.keys())
+    t_only, c_only = sorted(vt.keys() - vc.keys()), sorted(vc.keys() - vt.keys())
+    common = dict(
+        metric=metric,
+        direction=direction(metric),
+        treatment_cell=t_cell.cell_id if t_cell else None,
+        control_cell=c_cell.cell_id if c_cell else None,
+        paired_seeds=paired,
+        treatment_only_seeds=t_only,
+        control_only_seeds=c_only,
+        n_treatment=len(vt),
+        n_control=len(vc),
+        **labels,
+    )
+    is_paired = not t_only and not c_only and len(paired) >= 2
+    t = np.array([vt[s] for s in (paired if is_paired else sorted(vt))])
+    c = np.array([vc[s] for s in (paired if is_paired else sorted(vc))])
+    if is_paired:
+        d = t - c
+        tested = dict(
+            method="paired sign-flip",
+            diff=float(d.mean()),
+            ci_t=stats.t_interval(d),
+            ci_boot=stats.bootstrap_mean_interval(d, rng),
+            p=stats.sign_flip_test(d, rng),
+            min_p=stats.min_sign_flip_p(len(d)),
+            effect_size=stats.d_z(d),
+            effect_size_name="d_z",
+            n_higher=int(np.sum(d > 0)),
+            n_lower=int(np.sum(d < 0)),
+        )
+    elif len(t) >= 2 and len(c) >= 2:
+        tested = dict(
+            method="unpaired permutation",
+            diff=float(t.mean() - c.mean()),
+            ci_t=stats.welch_interval(t, c),
+            ci_boot=stats.bootstrap_diff_interval(t, c, rng),
+            p=stats.two_sample_permutation_test(t, c, rng),
+            min_p=stats.min_permutation_p(len(t), len(c)),
+            effect_size=stats.d_av(t, c),
+            effect_size_name="d_av",
+            n_higher=None,
+            n_lower=None,
+        )
+    else:
+        nan = math.nan
+        return ContrastResult(
+            **common, method="none", diff=nan, ci_t=stats.NAN_INTERVAL, ci_boot=None, p=nan, min_p=nan,
+            p_holm=None, effect_size=nan, effect_size_name="", prob_higher=nan, n_higher=None, n_lower=None,
+            sd_ratio=nan, sd_ratio_ci=None, scale_ratio=None, scale_ratio_ci=None,
+        )  # fmt: skip
+    sd_ratio, sd_ratio_ci = stats.bootstrap_ratio(t, c, stats.sd, rng, paired=is_paired)
+    scale_ratio, scale_ratio_ci = (None, None)
+    if _matches(metric, VARIANCES):
+        scale_ratio, scale_ratio_ci = stats.bootstrap_ratio(t, c, stats.root_mean, rng, paired=is_paired)
+    return ContrastResult(
+        **common,
+        **tested,
+        p_holm=None,
+        prob_higher=stats.prob_higher(t, c, paired=is_paired),
+        sd_ratio=sd_ratio,
+        sd_ratio_ci=sd_ratio_ci,
+        scale_ratio=scale_ratio,
+        scale_ratio_ci=scale_ratio_ci,
+    )
+
+
+def _contrasts(cells: list[Cell], axes: list[str], contrast: tuple[str, Any, Any], metrics: list[str], seed: int):
+    axis, treatment, control = contrast
+    names = _short_names(axes)
+    for value in (treatment, control):
+        if not any(c.variant[axis] == value for c in cells):
+            seen = sorted({_show(c.variant[axis]) for c in cells})
+            raise ValueError(f"contrast {axis}={_show(value)!s} matches no trial; values seen: {seen}")
+    others = [a for a in axes if a != axis]
+    arms: dict[tuple, dict[str, Cell]] = {}
+    for cell in cells:
+        arm = "t" if cell.variant[axis] == treatment else "c" if cell.variant[axis] == control else None
+        if arm:
+            arms.setdefault(tuple(cell.variant[a] for a in others), {})[arm] = cell
+    results = []
+    for key, pair in arms.items():
+        context = dict(zip(others, key))
+        context_label = _label(context, names) if others else ""
+        for m in metrics:
+            results.append(
+                _contrast(
+                    m, pair.get("t"), pair.get("c"), _rng(seed, context_label, m),
+                    confirmatory=m == metrics[0], context=context, context_label=context_label,
+                    treatment_label=f"{names[axis]}={_show(treatment)}",
+                    control_label=f"{names[axis]}={_show(control)}",
+                )  # fmt: skip
+            )
+    return results
+
+
+# --- words --------------------------------------------------------------------------------------------
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.2g}"
+
+
+def p_text(r: ContrastResult) -> str:
+    """The p-value a reader may quote: Holm-adjusted for the primary metric, raw and said so otherwise."""
+    if r.method == "none":
+        return "no test"
+    return f"{_p(r.p_holm)} after Holm" if r.confirmatory else f"{_p(r.p)} uncorrected"
+
+
+def _arm_notes(cell: Cell | None, label: str, metric: str) -> list[str]:
+    """Diverged, excluded and value-less trials of one arm: shown in every verdict that they touch."""
+    if cell is None:
+        return [f"{label} has no trials"]
+    notes, total = [], len(cell.status)
+    summary = cell.metrics[metric]
+    if summary.diverged_seeds:
+        notes.append(f"{label} diverged in {len(summary.diverged_seeds)}/{total} seeds")
+    excluded = [f"{len(cell.seeds(s))} {s}" for s in ("failed", "running") if cell.seeds(s)]
+    if excluded:
+        notes.append(f"{label}: {' and '.join(excluded)} excluded")
+    if summary.missing_seeds:
+        notes.append(f"{label}: no {metric} value for seeds {summary.missing_seeds}")
+    return notes
+
+
+def _verdict(r: ContrastResult, cells: dict[str, Cell]) -> str:
+    """One plain sentence: size with its 95% t CI, p (Holm for the primary metric, raw and marked
+    exploratory otherwise), seeds that moved the better way, and failures."""
+    m = r.metric
+    head = f"[{r.context_label}] " if r.context_label else ""
+    head += "" if r.confirmatory else "(exploratory) "
+    notes = _arm_notes(cells.get(r.treatment_cell), r.treatment_label, m)
+    notes += _arm_notes(cells.get(r.control_cell), r.control_label, m)
+    tail = "".join(f"; {n}" for n in notes)
+    if r.method == "none":
+        return (
+            f"{head}{r.treatment_label} vs {r.control_label} on {m}: no test, too few usable seeds "
+            f"({r.n_treatment} vs {r.n_control}){tail}"
+        )
+    unit = " points" if is_fraction(m) else ""
+    ci = format_interval(m, r.ci_t, diff=True)
+    if r.method == "paired sign-flip":
+        n = len(r.paired_seeds)
+        if r.direction:
+            seeds = f"{r.n_higher if r.direction > 0 else r.n_lower}/{n} seeds improved"
+        else:
+            seeds = f"higher in {r.n_higher}/{n} seeds" if r.diff >= 0 else f"lower in {r.n_lower}/{n} seeds"
+        floor = f"{n} pairs"
+    else:
+        prob = r.prob_higher if r.direction >= 0 else 1 - r.prob_higher
+        what = "improvement" if r.direction else "treatment higher"
+        unpaired = r.treatment_only_seeds + r.control_only_seeds
+        seeds = f"P({what})={prob:.2f} (unpaired permutation test: seeds {sorted(unpaired)} lack a partner)"
+        floor = f"{r.n_treatment} vs {r.n_control} seeds"
+    if r.scale_ratio is not None:
+        seeds += f", implied SD ratio {format_ratio(r.scale_ratio, r.scale_ratio_ci)}"
+    p = p_text(r) + (f"; {floor} cannot give p below {r.min_p:.3g}" if r.min_p >= ALPHA else "")
+    if r.significant or (not r.confirmatory and r.diff != 0):
+        verb = "raises" if r.diff > 0 else "lowers"
+        size = format_value(m, abs(r.diff), diff=True).lstrip("+")
+        return f"{head}{r.treatment_label} {verb} {m} by {size}{unit} {ci} vs {r.control_label}, {p}, {seeds}{tail}"
+    outcome = f"not significant ({p})" if r.confirmatory else p
+    return (
+        f"{head}{r.treatment_label} vs {r.control_label} on {m}: {format_value(m, r.diff, diff=True)}{unit} {ci}, "
+        f"{outcome}, {seeds}{tail}"
+    )
+
+
+def _pairs_needed(family_size: int) -> int:
+    """Fewest seed pairs whose best exact p survives Holm's strictest step (alpha / family size)."""
+    return math.floor(math.log2(2 * max(family_size, 1) / ALPHA)) + 1
+
+
+def _rules(
+    selection: str, metrics: list[str], contrast: tuple | None, n_contexts: int, family_size: int, untested: int
+) -> dict[str, str]:
+    b = stats.MIN_BOOTSTRAP_N
+    rules = {
+        "selection": (
+            "final: each trial contributes the last finite value it logged for each metric."
+            if selection == "final"
+            else f"best: each trial contributes every metric as logged at the step where its {metrics[0]} was best "
+            "(earliest such step). Optimistic: the eval puzzles that choose the step are the puzzles scored "
+            "(validation = test), so these numbers are biased upward."
+        )
+        + " The same rule for every variant.",
+        "diverged": "Diverged trials (loss became non-finite) stay in every statistic with their last finite value "
+        "under the selection rule, and are counted per cell and in the verdicts. Dropping them would compare "
+        "survivors only and flatter the variant that diverges; a diverged run's last finite accuracy is an upper "
+        "bound on what it delivers, so the rule favours the unstable variant, never the fix.",
+        "excluded": "Failed (crashed) and still-running trials are excluded from every statistic and counted per "
+        "cell; a finished or diverged trial without a finite value of a metric is counted as 'no value' for it. "
+        "Nothing is dropped silently.",
+        "intervals": "95% CI (t): mean +- t(0.975, n-1) s/sqrt(n), exact for normal data; the verdicts quote it. "
+        f"95% CI (bootstrap): expanded percentile bootstrap (Hesterberg 2015; {stats.N_BOOT} seeded resamples), "
+        f"shown when n >= {b}, where it covered 94.9% in simulation (normal data; 92% at n=5, where plain "
+        "percentile and BCa intervals cover 85%).",
+        "directions": "Higher is better: " + ", ".join(HIGHER_IS_BETTER) + "; lower is better: "
+        + ", ".join(LOWER_IS_BETTER) + "; other metrics are tested two-sided and reported as higher/lower, never "
+        "'improved'. Fractions are shown in %, their differences in percentage points.",
+    }
+    if contrast is None:
+        return rules
+    axis, treatment, control = contrast
+    exploratory = metrics[1:]
+    rules |= {
+        "contrast": f"{axis}={_show(treatment)} (treatment) vs {axis}={_show(control)} (control), within each of "
+        f"the {n_contexts} combinations of the other axes; difference = treatment - control.",
+        "test": "Paired by seed when every usable seed of one arm has its partner: exact two-sided sign-flip "
+        f"permutation test on the per-seed differences (all 2^n sign patterns up to n={stats.MAX_EXACT_FLIPS}, "
+        f"{stats.N_RANDOM_DRAWS} seeded random patterns beyond); effect size d_z = mean difference / SD of the "
+        "differences; 'k/n seeds improved' counts pairs that moved the better way. When some seed lacks its "
+        "partner: two-sided two-sample permutation test of the difference in means on all usable values (drops "
+        "nothing, ignores the pairing): p = share of the C(n_t+n_c, n_t) relabelings of the pooled values whose "
+        f"|mean_t - mean_c| reaches the observed one, all enumerated up to {stats.MAX_EXACT_RELABELINGS} "
+        f"relabelings, else {stats.N_RANDOM_DRAWS} seeded random relabelings with p = (count+1)/(draws+1). It "
+        "assumes no normality but tests exchangeable arms (same distribution), so a difference in spread alone "
+        "can move it. Its interval is Welch's t interval (unequal variances, Welch-Satterthwaite df); effect size "
+        "d_av = difference / sqrt((s_t^2 + s_c^2)/2), P(improvement) = share of (treatment, control) pairs "
+        "where treatment is better, ties half.",
+        "holm": f"Primary (confirmatory) metric: {metrics[0]}, the first metric listed. Holm-Bonferroni over "
+        f"its tests, one per contrast (family size {family_size}"
+        + (f": {untested} without enough data left out" if untested else "")
+        + ")"
+        + f"; significant means Holm-adjusted p < {ALPHA}."
+        + (
+            f" The other metrics ({', '.join(exploratory)}) are exploratory: their p-values "
+            "are raw, not corrected for multiple testing; their verdicts are marked (exploratory) and never called "
+            "significant or not significant."
+            if exploratory
+            else ""
+        ),
+        "power": "The exact tests have a floor: with n pairs the sign-flip test cannot give p below 2/2^n (5 "
+        "pairs: 0.0625, 6: 0.031), the unpaired permutation test not below 1/C(n_t+n_c, n_t) (2/C when "
+        f"n_t = n_c; 3 vs 3 seeds: 0.1). For the smallest paired p to survive Holm over a family of "
+        f"{family_size} primary tests needs at least {_pairs_needed(family_size)} pairs.",
+        "ratios": "SD ratio: seed-to-seed SD of the treatment / of the control, with a percentile bootstrap CI "
+        f"(pairs resampled together) when n >= {b}; approximate, it covers about 90% at 8-20 seeds in "
+        "simulation. Variance metrics (" + ", ".join(VARIANCES) + ") also get the scale ratio "
+        "sqrt(mean_t / mean_c): the ratio of standard deviations the metric itself measures.",
+    }
+    return rules
+
+
+# --- entry points -------------------------------------------------------------------------------------
+
+
+def compare(
+    records: list[TrialRecord],
+    *,
+    axes: list[str],
+    contrast: tuple[str, Any, Any] | None,
+    metrics: list[str],
+    selection: str = "final",
+    seed: int = 0,
+) -> Comparison:
+    """Cells and contrasts with every statistic, Holm across the contrasts of the primary metric
+    (metrics[0]), and a verdict per contrast. `contrast` is (axis, treatment value, control value)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
+    if not metrics:
+        raise ValueError("metrics must name at least one metric")
+    if len(set(metrics)) < len(metrics):
+        raise ValueError(f"metrics must not repeat a metric: {metrics}")
+    if selection == "best" and direction(metrics[0]) == 0:
+        raise ValueError(f"selection=best picks the step by metrics[0], whose direction is unknown: {metrics[0]}")
+    if contrast is not None and contrast[0] not in axes:
+        raise ValueError(f"contrast axis {contrast[0]!r} is not one of the axes {axes}")
+    cells = _cells(records, axes, metrics, selection, seed)
+    contrasts = _contrasts(cells, axes, contrast, metrics, seed) if contrast else []
+    family = [c for c in contrasts if c.confirmatory and math.isfinite(c.p)]
+    for c, p in zip(family, stats.holm(np.array([c.p for c in family]))):
+        c.p_holm = float(p)
+    by_id = {c.cell_id: c for c in cells}
+    for c in contrasts:
+        c.verdict = _verdict(c, by_id)
+    n_contexts = len(contrasts) // len(metrics)
+    untested = n_contexts - len(family)
+    return Comparison(
+        axes=list(axes),
+        contrast=tuple(contrast) if contrast else None,
+        metrics=list(metrics),
+        selection=selection,
+        seed=seed,
+        cells=cells,
+        contrasts=contrasts,
+        family_size=len(family),
+        rules=_rules(selection, metrics, contrast, n_contexts, len(family), untested),
+    )
+
+
+def cell_summary_metrics(comparison: Comparison, cell_id: str) -> dict[str, float]:
+    """The cell's aggregate as MLflow metrics (`<metric>/mean`, `/ci_low`, `/ci_high`, `/n`, t CI), names
+    made MLflow-safe; non-finite numbers (e.g. the CI of a single seed) are left out rather than logged."""
+    out = {}
+    for m, s in comparison.cell(cell_id).metrics.items():
+        name = mlflow_metric_name(m)
+        for key, value in (("mean", s.mean), ("ci_low", s.ci_t[0]), ("ci_high", s.ci_t[1]), ("n", s.n)):
+            if math.isfinite(value):
+                out[f"{name}/{key}"] = float(value)
+    return out

@@ -1,0 +1,25 @@
+"""What a trial left behind, as the comparison sees it (tracking.py builds these from MLflow runs)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+STATUSES = ("finished", "failed", "diverged", "running")
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    cell_id: str
+    seed: int
+    variant: dict[str, Any]  # the spec's axis keys -> values for this trial (no seed)
+    status: str  # finished | failed | diverged | running
+    final: dict[str, float]  # last logged value of each metric
+    history: dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] in step order
+    run_id: str
+
+
+def mlflow_metric_name(name: str) -> str:
+    """MLflow rejects '@' (and anything outside [/\\w.\\- :]), so `ARC/pass@1` is logged as `ARC/pass_at_1`."""
+    return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
