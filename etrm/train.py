@@ -1,0 +1,343 @@
+"""Train one ETRM trial: TrialConfig in, metrics and checkpoints out.
+
+    python -m etrm.train CONFIG.yaml [--set train.lr=3e-4 ...] [--json OUT.json] [--checkpoint-dir DIR]
+
+The trainer knows nothing of Ray or MLflow: it reports through a two-method `Reporter`.
+Host syncs (.item()) happen only on "sync steps" (every log_every / eval_every /
+checkpoint_every step and the last step); in between, everything stays on the device.
+A NaN/Inf loss is therefore DETECTED at the next sync step but REPORTED with the exact step
+where it first happened (a device-side tracker records it); the trial then ends with status
+"diverged", without writing a checkpoint of the diverged weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, save_checkpoint
+from etrm.config import ConfigError, TrialConfig, load_config
+from etrm.data import EvalSet, TrainSampler, load_puzzles
+from etrm.evaluate import evaluate
+from etrm.grids import PAD
+from etrm.losses import q_halt_loss, softmax_cross_entropy, stablemax_cross_entropy
+from etrm.metrics import METRICS, HaltedMeans, encoder_diagnostics, grad_norm
+from etrm.model import ETRM, Batch, Carry, StepOutput
+from etrm.optim import build_optimizer, lr_at, set_lr
+
+LM_LOSSES = {"stablemax": stablemax_cross_entropy, "softmax": softmax_cross_entropy}
+CRASH_MARKER = "crash-fault-fired"
+
+
+class TrialCrashed(RuntimeError):
+    """The trial failed for a reason a retry from the last checkpoint may fix (Ray retries it)."""
+
+
+class Reporter(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+    def checkpoint_saved(self, step: int, path: Path) -> None: ...
+
+
+class SilentReporter:
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def checkpoint_saved(self, step: int, path: Path) -> None:
+        pass
+
+
+@dataclass
+class TrialResult:
+    status: Literal["finished", "diverged"]  # a crash raises TrialCrashed instead, so Ray can retry it
+    step: int  # last completed optimiser step (the diverged step for a divergence)
+    metrics: dict[str, float]  # final metrics, including the last evaluation
+    message: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# device, precision, seeding
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """CUDA with bf16 units, or a CPU with AVX512-BF16 / AMX (elsewhere bf16 is emulated, i.e. slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if bf16_is_native(device) else torch.float32
+    return getattr(torch, name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+# ---------------------------------------------------------------------------------------------
+# the pieces of a trial, and one training step
+
+
+@dataclass
+class Setup:
+    """Everything a trial builds from its config before the first step."""
+
+    device: torch.device
+    dtype: torch.dtype
+    model: ETRM
+    optimizer: torch.optim.Optimizer
+    ema: ETRM | None
+    sampler: TrainSampler
+    eval_set: EvalSet
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    def next_batch(self) -> Batch:
+        return {k: v.to(self.device, non_blocking=True) for k, v in self.sampler.next_batch().items()}
+
+
+def setup(cfg: TrialConfig) -> Setup:
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    seed_everything(cfg.seed)
+    train_puzzles, eval_puzzles = load_puzzles(cfg.data, cfg.seed)
+    sampler = TrainSampler(train_puzzles, cfg.data, tc.batch_size, cfg.seed)
+    eval_set = EvalSet(eval_puzzles, cfg.data, cfg.seed, tc.batch_size)
+    model = ETRM(cfg.model, cfg.data.grid_size, cfg.data.max_demos).to(device)
+    if cfg.decoder.checkpoint:
+        load_decoder_weights(cfg.decoder.checkpoint, model)
+    if cfg.decoder.freeze:
+        model.freeze_decoder()
+    optimizer = build_optimizer(model, tc)  # after freezing: frozen parameters are left out
+    ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
+    return Setup(device, pick_dtype(tc.dtype, device), model, optimizer, ema, sampler, eval_set)
+
+
+def forward_and_loss(
+    s: Setup, cfg: TrialConfig, carry: Carry, batch: Batch
+) -> tuple[Carry, StepOutput, torch.Tensor, dict[str, torch.Tensor]]:
+    """One ACT step: (new carry, outputs, loss averaged over ALL rows, per-row values for the metrics)."""
+    with s.autocast():
+        carry, out = s.model(carry, batch)
+    labels = carry.data["labels"]
+    valid = labels != PAD
+    correct = (out.logits.argmax(-1) == labels) & valid
+    seq_correct = correct.sum(-1) == valid.sum(-1)
+    lm = LM_LOSSES[cfg.train.loss](out.logits, labels)
+    q_halt = q_halt_loss(out.q_halt, seq_correct)
+    loss = (lm + cfg.train.q_halt_weight * q_halt + cfg.model.encoder.kl_weight * out.kl).mean()
+    per_row = {
+        "train/lm_loss": lm,
+        "train/q_halt_loss": q_halt,
+        "train/kl_loss": out.kl,
+        "train/accuracy": correct.sum(-1) / valid.sum(-1).clamp_min(1),
+        "train/exact_accuracy": seq_correct,
+        "train/q_halt_accuracy": (out.q_halt > 0) == seq_correct,
+        "train/steps": carry.steps,
+    }
+    return carry, out, loss, per_row
+
+
+def run_eval(s: Setup, cfg: TrialConfig) -> dict[str, float]:
+    """Evaluate the EMA weights when there are any (that is what EMA is for), else the live ones."""
+    model = s.ema if s.ema is not None else s.model
+    dtype = s.dtype if s.dtype != torch.float32 else None
+    return evaluate(model, s.eval_set, s.device, dtype, halt_max_steps=cfg.model.halt_max_steps)
+
+
+def _crash_fault(checkpoint_dir: Path | None, step: int) -> None:
+    """faults.raise_at_step: crash once. A marker in the checkpoint dir records that it fired, so the
+    orchestrator's retry (same config, resumed from the last checkpoint) gets past it, as it would
+    past a real transient crash. Without a checkpoint dir it fires every time."""
+    if checkpoint_dir is not None:
+        marker = checkpoint_dir / CRASH_MARKER
+        if marker.exists():
+            return
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    raise TrialCrashed(f"faults.raise_at_step: simulated crash at step {step}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the training loop
+
+
+def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Path | None = None) -> TrialResult:
+    """Run (or resume, if checkpoint_dir holds a checkpoint) one trial to cfg.train.steps."""
+    reporter = reporter or SilentReporter()
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    tc = cfg.train
+    s = setup(cfg)
+    model, optimizer = s.model, s.optimizer
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ema_pairs = (list(s.ema.parameters()), list(model.parameters())) if s.ema is not None else None
+
+    step, carry, last = 0, None, {}
+    ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        step, carry, last = load_checkpoint(
+            ckpt_path, cfg=cfg, model=model, optimizer=optimizer, ema=s.ema, sampler=s.sampler, device=s.device
+        )
+
+    halted_means = HaltedMeans(s.device)
+    bad_step = torch.zeros((), dtype=torch.long, device=s.device)  # first step with a non-finite loss; 0 = none
+    bad_loss = torch.zeros((), device=s.device)
+    model.train()
+    timer, timed_steps = time.perf_counter(), 0
+    while step < tc.steps:
+        step += 1
+        if cfg.faults.raise_at_step == step:
+            _crash_fault(checkpoint_dir, step)
+        batch = s.next_batch()
+        if carry is None:
+            carry = model.initial_carry(batch)
+        lr = lr_at(step - 1, tc)
+        set_lr(optimizer, lr)
+
+        carry, out, loss, per_row = forward_and_loss(s, cfg, carry, batch)
+        if cfg.faults.nan_loss_at_step == step:
+            loss = loss * float("nan")
+        newly_bad = (bad_step == 0) & ~torch.isfinite(loss)
+        bad_step = torch.where(newly_bad, step, bad_step)
+        bad_loss = torch.where(newly_bad, loss.detach().float(), bad_loss)
+        loss.backward()
+
+        sync = step == tc.steps or any(step % n == 0 for n in (tc.log_every, tc.eval_every, tc.checkpoint_every))
+        if sync:  # per-part norms only when they are logged; all norms are taken BEFORE clipping
+            part_norms = {"grad/encoder_norm": grad_norm(list(model.encoder.parameters())),
+                          "grad/decoder_norm": grad_norm(list(model.decoder.parameters()))}
+        total_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema_pairs is not None:
+            torch._foreach_lerp_(ema_pairs[0], ema_pairs[1], 1 - tc.ema_decay)
+        halted_means.add(per_row, carry.halted)
+        timed_steps += 1
+        if not sync:
+            continue
+
+        # ---- sync step: the only place values leave the device ----
+        elapsed = time.perf_counter() - timer
+        window = halted_means.pop()
+        metrics = {k: v for k, v in window.items() if k != "_count"} if window["_count"] > 0 else {}
+        metrics |= encoder_diagnostics(out.context)
+        metrics |= part_norms | {"grad/total_norm": total_norm, "encoder_output_scale": out.output_scale.float().mean()}
+        metrics = {k: float(v) for k, v in metrics.items()} | {"train/lr": lr}
+        metrics["perf/samples_per_s"] = timed_steps * tc.batch_size / elapsed
+
+        if int(bad_step):
+            at = int(bad_step)
+            metrics["diverged_at_step"] = at
+            reporter.log(step, metrics)
+            message = f"loss became {float(bad_loss)} at step {at}"
+            return TrialResult("diverged", at, last | metrics, message)
+
+        if step % tc.eval_every == 0 or step == tc.steps:
+            metrics |= run_eval(s, cfg)
+        reporter.log(step, metrics)
+        last |= metrics
+        if ckpt_path is not None and (step % tc.checkpoint_every == 0 or step == tc.steps):
+            save_checkpoint(ckpt_path, cfg=cfg, step=step, model=model, optimizer=optimizer, ema=s.ema,
+                            sampler=s.sampler, carry=carry, metrics=last)
+            reporter.checkpoint_saved(step, ckpt_path)
+        timer, timed_steps = time.perf_counter(), 0
+
+    return TrialResult("finished", step, last)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (shared with `etrm-sweep trial`)
+
+
+class ProgressReporter:
+    """A rich progress bar fed by the trainer's log calls."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task, self.shown = progress, task, {}
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, label in (("train/lm_loss", "loss"), ("eval/exact_accuracy", "eval exact")):
+            if key in metrics:
+                self.shown[label] = f"{label} {metrics[key]:.4g}"
+        self.progress.update(self.task, completed=step, info="  ".join(self.shown.values()))
+
+    def checkpoint_saved(self, step: int, path: Path) -> None:
+        pass
+
+
+def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str | Path | None,
+                  checkpoint_dir: str | Path | None) -> int:
+    """Exit code: 0 finished, 1 crashed, 2 bad config or checkpoint, 3 diverged."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    err = Console(stderr=True)
+    try:
+        cfg = load_config(config_path, overrides)
+    except ConfigError as e:
+        for line in str(e).splitlines():
+            print(f"config error: {line}", file=sys.stderr)
+        return 2
+
+    columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task("train", total=cfg.train.steps, info="")
+            result = train(cfg, ProgressReporter(progress, task), Path(checkpoint_dir) if checkpoint_dir else None)
+    except (CheckpointMismatch, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrialCrashed as e:
+        print(f"crashed: {e}", file=sys.stderr)
+        return 1
+
+    table = Table(title=f"{result.status} at step {result.step}" + (f": {result.message}" if result.message else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in METRICS:
+        if name in result.metrics:
+            table.add_row(name, f"{result.metrics[name]:.6g}")
+    Console().print(table)
+    if json_out:
+        Path(json_out).write_text(json.dumps(asdict(result) | {"config_hash": cfg.config_hash()}, indent=2))
+    return 0 if result.status == "finished" else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m etrm.train", description="Train one ETRM trial.")
+    parser.add_argument("config", help="trial config YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--json", dest="json_out", help="write the TrialResult as JSON here")
+    parser.add_argument("--checkpoint-dir", help="checkpoint here; resume from it if it holds one")
+    args = parser.parse_args(argv)
+    return run_trial_cli(args.config, args.overrides, args.json_out, args.checkpoint_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
