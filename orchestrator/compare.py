@@ -428,7 +428,7 @@ def _arm_notes(cell: Cell | None, label: str, metric: str) -> list[str]:
     summary = cell.metrics[metric]
     if summary.diverged_seeds:
         notes.append(f"{label} diverged in {len(summary.diverged_seeds)}/{total} seeds")
-    excluded = [f"{len(cell.seeds(s))} {s}" for s in ("failed", "running") if cell.seeds(s)]
+    excluded = [f"{len(cell.seeds(s))} {s}" for s in ("failed", "running", "stopped") if cell.seeds(s)]
     if excluded:
         notes.append(f"{label}: {' and '.join(excluded)} excluded")
     if summary.missing_seeds:
@@ -501,7 +501,7 @@ def _rules(
         "under the selection rule, and are counted per cell and in the verdicts. Dropping them would compare "
         "survivors only and flatter the variant that diverges; a diverged run's last finite accuracy is an upper "
         "bound on what it delivers, so the rule favours the unstable variant, never the fix.",
-        "excluded": "Failed (crashed) and still-running trials are excluded from every statistic and counted per "
+        "excluded": "Failed (crashed), still-running and early-stopped (ASHA) trials are excluded from every statistic and counted per "
         "cell; a finished or diverged trial without a finite value of a metric is counted as 'no value' for it. "
         "Nothing is dropped silently.",
         "intervals": "95% CI (t): mean +- t(0.975, n-1) s/sqrt(n), exact for normal data; the verdicts quote it. "

@@ -84,7 +84,8 @@ def learning_curves(comparison: Comparison, records: list[TrialRecord], metric: 
             table = np.full((len(kept), len(steps)), np.nan)
             for row, (_, c) in zip(table, kept):
                 row[np.searchsorted(steps, c[:, 0])] = c[:, 1]
-            ax.plot(steps, np.nanmean(table, axis=0), color=colour, label=f"{label} (n={len(kept)})")
+            ax.plot(steps, np.nanmean(table, axis=0), color=colour, label=f"{label} (n={len(kept)})",
+                    marker="o" if len(steps) == 1 else None)  # one step (eval at the end only): a line is invisible
             ax.fill_between(steps, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=colour, alpha=0.2)
             for r, c in kept:
                 if r.status == "diverged":

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-STATUSES = ("finished", "failed", "diverged", "running")
+STATUSES = ("finished", "failed", "diverged", "running", "stopped")  # stopped: cut early by ASHA
 
 
 @dataclass
@@ -14,7 +14,7 @@ class TrialRecord:
     cell_id: str
     seed: int
     variant: dict[str, Any]  # the spec's axis keys -> values for this trial (no seed)
-    status: str  # finished | failed | diverged | running
+    status: str  # one of STATUSES
     final: dict[str, float]  # last logged value of each metric
     history: dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] in step order
     run_id: str

@@ -53,12 +53,24 @@ class Resources(Strict):
     gpu: float = Field(
         0.0, ge=0, description="GPUs per trial: 0, a fraction of one GPU (0 < gpu <= 1: trials share it) or a whole number."
     )
+    custom: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="Custom Ray resources per trial, e.g. {a100: 1} or {zone_b: 0.5}: trials run "
+        "only on nodes started with them (`ray start --resources '{\"a100\": 1}'`, RAY_WORKER_RESOURCES in docker/.env)."
+    )
 
     @field_validator("gpu")
     @classmethod
     def _fraction_or_whole(cls, v: float) -> float:
         if v > 1 and not v.is_integer():
             raise ValueError(f"{v:g} GPUs: give a fraction of one GPU (0 < gpu <= 1) or a whole number")
+        return v
+
+    @field_validator("custom")
+    @classmethod
+    def _not_builtin(cls, v: dict[str, float]) -> dict[str, float]:
+        for name in v:
+            if name.lower() in ("cpu", "gpu", "memory", "object_store_memory"):
+                raise ValueError(f"{name}: a built-in Ray resource; set it with resources.cpu / resources.gpu")
         return v
 
 
@@ -124,7 +136,8 @@ class Tracking(Strict):
     """Where the sweep is recorded (MLflow)."""
 
     uri: str | None = Field(
-        None, description="MLflow tracking URI (http://host:5000, postgresql://..., sqlite:///...); "
+        None, description="MLflow tracking URI: a server (http://host:5000) or its database "
+        "(postgresql+psycopg2://user:password@host:5432/db, sqlite:///path/mlflow.db); "
         "null = the embedded local store under .etrm-sweep/ (open it with `etrm-sweep ui`)."
     )
     experiment: str | None = Field(None, description="MLflow experiment name; defaults to the sweep name.")
@@ -246,9 +259,12 @@ class SweepSpec(Strict):
         return math.prod(len(values) for values in self.axes.values())
 
     def primary_metric(self) -> tuple[str, Literal["max", "min"]]:
-        """(metric, mode) that optuna and ASHA optimise: optuna's own, else the first of `metrics`, higher is better."""
+        """(metric, mode) that optuna and ASHA optimise: optuna's own, else the first of `metrics` in its
+        natural direction (losses down, accuracies up; see compare.direction)."""
+        from orchestrator.compare import direction
+
         if self.search == "grid":
-            return self.metrics[0], "max"
+            return self.metrics[0], "min" if direction(self.metrics[0]) < 0 else "max"
         return self.search.optuna.metric, self.search.optuna.mode
 
 
@@ -565,5 +581,10 @@ def check_resources(spec: SweepSpec, cluster_resources: dict[str, float]) -> Non
         )
     if spec.resources.cpu > have_cpu:
         problems.append(f"resources.cpu: each trial asks for {spec.resources.cpu:g} CPUs but the cluster has {have_cpu:g}")
+    for name, amount in spec.resources.custom.items():
+        have = cluster_resources.get(name, 0)
+        if amount > have:
+            problems.append(f"resources.custom.{name}: each trial asks for {amount:g} but the cluster has "
+                            + (f"only {have:g}" if have else "none (no node was started with it)"))
     if problems:
         raise SpecError("\n".join(problems))

@@ -219,3 +219,13 @@ def test_renderers_and_write_report(two_cells, tmp_path):
     assert "<script" not in page and "src=\"http" not in page  # self-contained
     assert json.loads(paths["comparison.json"].read_text()) == comp.to_dict()
     assert not any(math.isnan(float(r["mean"])) for r in rows)
+
+
+def test_learning_curve_of_a_metric_logged_once_is_visible():
+    """Eval only at the last step is common (eval_every = steps): one point per variant, drawn as a marker."""
+    from orchestrator.plots import learning_curves
+
+    records = [trial({FN: fn}, s, [0.2 + 0.1 * s], [1.0]) for fn in (True, False) for s in range(2)]
+    comp = compare(records, axes=[FN], contrast=CONTRAST, metrics=[ACC])
+    lines = [line for line in learning_curves(comp, records, ACC).axes[0].lines if "n=2" in line.get_label()]
+    assert len(lines) == 2 and all(line.get_marker() == "o" for line in lines)

@@ -91,6 +91,8 @@ CASES = [
     ("gpu-negative", edit("resources/gpu", -1), "resources.gpu: Input should be greater than or equal to 0"),
     ("gpu-fraction-above-one", edit("resources/gpu", 1.5), "resources.gpu: 1.5 GPUs"),
     ("cpu-zero", edit("resources/cpu", 0), "resources.cpu: Input should be greater than 0"),
+    ("custom-resource-builtin", edit("resources/custom", {"GPU": 1}), "resources.custom: GPU: a built-in Ray resource"),
+    ("custom-resource-zero", edit("resources/custom", {"a100": 0}), "resources.custom.a100: Input should be greater than 0"),
     ("axes-not-a-mapping", edit("axes", ["model.encoder.type"]), "axes: Input should be a valid dictionary"),
     ("axis-values-not-a-list", edit("axes/model.encoder.final_norm", True), "axes.model.encoder.final_norm: Input should be a valid list"),
     ("axis-key-not-config-key", edit("axes/model.encoder.typo", [1, 2]),
@@ -293,3 +295,7 @@ def test_check_resources():
     with pytest.raises(SpecError, match=r"^resources\.cpu: each trial asks for 4 CPUs but the cluster has 2"):
         check_resources(gpu_spec, {"CPU": 2.0, "GPU": 1.0})
     check_resources(parse_spec(VALID), {"CPU": 1.0})
+    zoned = parse_spec(copy.deepcopy(VALID) | {"resources": {"cpu": 1, "custom": {"zone_b": 0.5}}})
+    check_resources(zoned, {"CPU": 2.0, "zone_b": 1.0})
+    with pytest.raises(SpecError, match=r"^resources\.custom\.zone_b: each trial asks for 0\.5 but the cluster has none"):
+        check_resources(zoned, {"CPU": 2.0, "zone_a": 1.0})

@@ -1,0 +1,286 @@
+"""`etrm-sweep`: the command line of the sweep tool.
+
+Mistakes in a spec or a config are the user's to fix, not bugs: they are printed
+as `error: field.path: what is wrong`, one line each, with exit code 2 and no
+traceback, and nothing is launched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator
+
+import typer
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from etrm.config import ConfigError
+from orchestrator.plan import Plan, make_plan
+from orchestrator.spec import SpecError, SweepSpec, load_spec, show_value
+
+app = typer.Typer(
+    name="etrm-sweep",
+    help="""Ablation sweeps of the ETRM trainer: a YAML spec becomes Ray Tune trials, recorded in MLflow and
+    compared with paired statistics.
+
+    A spec (see sweeps/demo.yaml) names a base trial config, axes to vary (dotted trial-config keys such as
+    model.encoder.final_norm), seeds, cells to exclude and the contrast to measure. Check it with
+    `etrm-sweep validate SPEC`, see its trials with `etrm-sweep plan SPEC`, and try one config alone with
+    `etrm-sweep trial CONFIG.yaml`.""",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="A sweep spec YAML file, e.g. sweeps/demo.yaml.", show_default=False)]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn spec/config mistakes into `error: ...` lines and exit code 2 (no traceback, nothing launched)."""
+    try:
+        yield
+    except (SpecError, ConfigError) as err:
+        for line in str(err).splitlines():
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def trial(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", show_default=False,
+                                           help="A trial config: the `base:` part of a spec, as its own file.")],
+    set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", show_default=False,
+                                            help="Override one key, value parsed as YAML: --set model.encoder.final_norm=false "
+                                                 "--set train.lr=3e-4. Repeatable.")] = [],
+    json_out: Annotated[Path | None, typer.Option("--json", metavar="OUT", show_default=False,
+                                                  help="Also write the result (status, step, final metrics, config hash) as JSON.")] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(metavar="DIR", show_default=False,
+                                                        help="Write checkpoints here; if it holds one, resume from it exactly.")] = None,
+) -> None:
+    """Train ONE trial here, without Ray or MLflow: the quickest way to try a config.
+
+    Exit code 0 finished, 1 crashed, 2 bad config or checkpoint, 3 diverged (loss became NaN/Inf).
+    """
+    from etrm.train import run_trial_cli  # imports torch and the trainer: only for this command
+
+    raise typer.Exit(run_trial_cli(config, set_, json_out, checkpoint_dir))
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Check a spec completely, without running anything.
+
+    Every axis must be a trial-config key, every cell of the grid a valid trial config, the contrast
+    pairable, the metrics known. Prints `ok: N cells x M seeds = T trials`, or one `error:` line per
+    problem naming the field, with exit code 2.
+    """
+    with user_errors():
+        plan = make_plan(load_spec(spec))
+    typer.echo(f"ok: {plan.summary()}")
+
+
+@app.command("plan")
+def plan_command(spec: SpecArg) -> None:
+    """Show the trials a spec asks for: one row per cell, its seeds, trial ids and what has finished.
+
+    Trial ids are hashes of the resolved trial config (seed included), so relaunching a sweep, or
+    adding seeds or axis values, keeps the ids of trials already planned: only the new ones run.
+    """
+    with user_errors():
+        sweep = load_spec(spec)
+        plan = make_plan(sweep)
+    Console().print(render_plan(plan, _finished_trial_ids(sweep)))
+
+
+def _finished_trial_ids(spec: SweepSpec) -> set[str]:
+    """Trial ids already done (finished or diverged) in the sweep's tracking store; none if never launched."""
+    from orchestrator.workspace import SweepContext, Workspace
+
+    ctx = SweepContext(spec, Workspace.default())
+    if spec.tracking.uri is None and not ctx.workspace.database.exists():
+        return set()  # never launched here: don't create a store just to read nothing from it
+    return ctx.store().done_trial_ids()
+
+
+def render_plan(plan: Plan, finished: set[str]) -> Group:
+    spec = plan.spec
+    head = Text.assemble((spec.name, "bold"), f": {spec.description}" if spec.description else "")
+    lines = [head]
+    if spec.contrast:
+        c = spec.contrast
+        lines.append(Text(f"contrast: {c.axis} = {show_value(c.treatment)} vs {show_value(c.control)}, paired by seed"))
+    if spec.search != "grid":
+        table = Table("key", "distribution", title=plan.summary())
+        for key, dist in spec.search.optuna.space.items():
+            shape = dist.choices if dist.type == "categorical" else f"[{dist.low}, {dist.high}]" + (" log" if dist.log else "")
+            table.add_row(key, f"{dist.type} {shape}")
+        return Group(*lines, table)
+
+    table = Table("cell", "seeds", "trials", "state", title=plan.summary())
+    done = 0
+    for trials in plan.cells.values():
+        ids = Text(" ").join(Text(t.trial_id[:8], style="green" if t.trial_id in finished else "dim") for t in trials)
+        n = sum(t.trial_id in finished for t in trials)
+        done += n
+        state = "finished" if n == len(trials) else "pending" if n == 0 else f"{n}/{len(trials)} finished"
+        table.add_row(trials[0].cell_label, " ".join(str(t.seed) for t in trials), ids, state)
+    return Group(*lines, table, Text(f"{done} of {len(plan.trials)} trials finished, {len(plan.trials) - done} pending"))
+
+
+# -- running and reading sweeps ----------------------------------------------------------------------
+
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="A sweep's `name:` as launched from this workspace.",
+                                        show_default=False)]
+AddressOpt = Annotated[str | None, typer.Option("--address", metavar="HOST:PORT", show_default=False,
+                                                help="Ray cluster to run on (overrides cluster.address and "
+                                                     "RAY_ADDRESS); default: a local Ray sized to this machine.")]
+
+
+@contextmanager
+def sweep_errors() -> Iterator[None]:
+    """user_errors, plus an unknown sweep name."""
+    with user_errors():
+        try:
+            yield
+        except LookupError as err:
+            typer.echo(f"error: {err.args[0]}", err=True)
+            raise typer.Exit(2) from None
+
+
+def _run(ctx, spec_text: str, address: str | None) -> None:
+    from orchestrator.dispatch import launch as launch_sweep
+    from orchestrator.sweep_report import report_sweep
+
+    console = Console()
+    outcome = launch_sweep(ctx.spec, spec_text, address=address, console=console, workspace=ctx.workspace)
+    store = ctx.store()
+    report_sweep(ctx.spec, store, console)
+    console.print(f"MLflow: {_mlflow_hint(ctx, store)}")
+    if outcome.incomplete:
+        console.print(f"[red]{len(outcome.incomplete)} trial(s) did not finish[/]: "
+                      f"`etrm-sweep status {ctx.spec.name}` shows them, `etrm-sweep resume {ctx.spec.name}` retries them.")
+        raise typer.Exit(1)
+
+
+def _mlflow_hint(ctx, store) -> str:
+    # The runs view in MLflow's "Model training" mode: MLflow 3 opens an experiment on its GenAI traces page
+    experiment = f"#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
+    if ctx.spec.tracking.uri and ctx.spec.tracking.uri.startswith("http"):
+        return f"{ctx.spec.tracking.uri.rstrip('/')}/{experiment}"
+    return f"run `etrm-sweep ui` and open http://127.0.0.1:5000/{experiment}"
+
+
+@app.command()
+def launch(spec: SpecArg, address: AddressOpt = None) -> None:
+    """Run every trial of a spec that has not finished yet, then compare the variants.
+
+    One Ray Tune trial per (cell, seed), with the spec's resources and concurrency; each trial is an MLflow
+    child run of the sweep's parent run. Trials already finished (or diverged) are skipped, interrupted ones
+    resume from their last checkpoint, new seeds or axis values run as new trials of the same sweep.
+    Exit code 0 when every trial is done, 1 when some failed, 2 for a bad spec (nothing launched).
+    """
+    from orchestrator.workspace import SweepContext, Workspace
+
+    with sweep_errors():
+        sweep = load_spec(spec)
+        make_plan(sweep)
+        _run(SweepContext(sweep, Workspace.default()), spec.read_text(), address)
+
+
+@app.command()
+def resume(name: NameArg, address: AddressOpt = None) -> None:
+    """Finish a sweep with the spec it was last launched with (after Ctrl-C, a crash or a killed driver)."""
+    from orchestrator.workspace import SweepContext
+
+    with sweep_errors():
+        ctx = SweepContext.for_name(name)
+        _run(ctx, ctx.spec_path.read_text(), address)
+
+
+@app.command()
+def status(name: NameArg) -> None:
+    """Show every trial of a sweep as MLflow records it: state, last step, primary metric."""
+    from orchestrator.workspace import SweepContext
+
+    with sweep_errors():
+        ctx = SweepContext.for_name(name)
+        plan = make_plan(ctx.spec)
+        store = ctx.store()
+        runs = store.trial_runs()
+    from orchestrator.records import mlflow_metric_name
+
+    metric, _ = ctx.spec.primary_metric()
+    table = Table("cell", "seed", "trial", "status", "step", metric, "message", title=f"{name}: {plan.summary()}")
+    counts: dict[str, int] = {}
+    for t in plan.trials:
+        run = runs.get(t.trial_id)
+        state = run.data.tags.get("etrm.status", "running") if run else "pending"
+        counts[state] = counts.get(state, 0) + 1
+        step = value = "-"
+        if run:
+            history = store.client.get_metric_history(run.info.run_id, "train/lm_loss")
+            step = str(max((m.step for m in history), default=0))
+            v = run.data.metrics.get(mlflow_metric_name(metric))
+            value = "-" if v is None else f"{v:.4g}"
+        table.add_row(t.cell_label, str(t.seed), t.trial_id[:8], state, step, value,
+                      (run.data.tags.get("etrm.message", "") if run else "")[:60])
+    console = Console()
+    console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+@app.command()
+def compare(
+    name: NameArg,
+    json_out: Annotated[Path | None, typer.Option("--json", metavar="OUT.json", show_default=False,
+                                                  help="Also write the full comparison as JSON.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", metavar="OUT.html", show_default=False,
+                                                  help="Also write the HTML report (plots embedded).")] = None,
+) -> None:
+    """Compare the variants of a sweep from what MLflow holds (works on partly finished sweeps).
+
+    Per cell: n, mean, SD, 95% CIs, failed/diverged counts. Per contrast: paired differences by seed, exact
+    sign-flip test, effect size, Holm across contrasts, a verdict in words. The report (HTML, Markdown,
+    CSV, JSON) is attached to the sweep's parent run, with one summary run per cell.
+    """
+    from orchestrator.sweep_report import report_sweep
+    from orchestrator.workspace import SweepContext
+
+    with sweep_errors():
+        ctx = SweepContext.for_name(name)
+        report_sweep(ctx.spec, ctx.store(), Console(), json_out, html_out)
+
+
+@app.command()
+def ui(
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", show_default=False,
+                                               help="Open this sweep's store (default: the workspace's embedded store).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 against the sweep's store and print its URL (Ctrl-C stops it)."""
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator.workspace import SweepContext, Workspace
+
+    with sweep_errors():
+        workspace = Workspace.default()
+        uri = SweepContext.for_name(name).tracking_uri if name else workspace.tracking_uri
+    if uri.startswith("http"):
+        typer.echo(f"this sweep is tracked by a server already: {uri}")
+        return
+    workspace.create()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", uri,
+               "--artifacts-destination", str(workspace.artifact_root)]
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)")
+    try:
+        raise typer.Exit(subprocess.call(command, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None

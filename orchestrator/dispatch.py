@@ -1,0 +1,270 @@
+"""Run a sweep on Ray Tune: one Tune trial per pending (cell, seed), tracked in MLflow by the driver.
+
+`launch` is idempotent: trials already finished (or diverged) in MLflow are not
+run again, interrupted ones resume from their last checkpoint, and new seeds or
+axis values added to the spec run as new trials of the same sweep. `resume` is
+`launch` with the spec the sweep was last launched with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+import yaml
+from ray import tune
+from rich.console import Console
+
+from etrm.config import build_config
+from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
+from orchestrator.progress import SweepProgress
+from orchestrator.provenance import code_version, package_versions
+from orchestrator.spec import SweepSpec, check_resources
+from orchestrator.trainable import run_trial
+from orchestrator.tracking import DONE_STATUSES, SweepStore
+from orchestrator.workspace import SweepContext, Workspace
+
+# Eval metrics arrive only on eval steps, so the score a searcher or ASHA reads is absent from
+# most results: Tune must not treat that as an error (ASHA itself skips such results).
+for _var, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
+                     ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
+    os.environ.setdefault(_var, _value)
+# The live table and MLflow say what happened to each trial; Ray's and MLflow's own chatter would bury it.
+for _logger in ("ray", "ray.tune", "mlflow"):
+    logging.getLogger(_logger).setLevel(logging.CRITICAL if _logger.startswith("ray") else logging.WARNING)
+
+
+@dataclass
+class SweepOutcome:
+    planned: int
+    skipped: int              # already done before this launch
+    statuses: dict[str, str]  # trial_id -> status after this launch
+    parent_run_id: str
+    dashboard_url: str | None
+
+    @property
+    def incomplete(self) -> list[str]:
+        return [t for t, s in self.statuses.items() if s not in DONE_STATUSES]
+
+
+class TrackingCallback(tune.Callback):
+    """Driver-side bridge from Ray Tune events to MLflow runs and the live progress view."""
+
+    def __init__(self, store: SweepStore, parent_id: str, resolve, progress: SweepProgress):
+        self.store, self.parent_id, self.resolve, self.progress = store, parent_id, resolve, progress
+        self.runs: dict[str, str] = {}        # trial_id -> MLflow run id
+        self.final: dict[str, str] = {}       # trial_id -> status reported by the trainer
+        self.nodes: dict[str, str] = {}       # trial_id -> Ray node id of its latest attempt
+        self.existing = store.trial_runs()
+
+    def __getstate__(self) -> dict:
+        """Tune pickles its run config into tuner.pkl for `Tuner.restore`, which this tool never uses (a
+        relaunch finds trials by id); the live MLflow client and console stay out of that file."""
+        return {}
+
+    def _trial(self, trial) -> PlannedTrial:
+        planned = self.resolve(trial.config)
+        if planned.trial_id not in self.runs:
+            self.runs[planned.trial_id] = self.store.open_trial(self.parent_id, planned, self.existing)
+            if planned.trial_id not in self.progress.rows:
+                self.progress.add(planned.trial_id, planned.cell_label + f" s{planned.seed}",
+                                  planned.config.train.steps)
+        return planned
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.progress.update(self._trial(trial).trial_id, state="running")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        planned = self._trial(trial)
+        event = result.get("etrm")
+        if not event:
+            return
+        run_id = self.runs[planned.trial_id]
+        if self.nodes.get(planned.trial_id) != event["node_id"]:  # a new node: the trial (re)started there
+            self.nodes[planned.trial_id] = event["node_id"]
+            self.store.client.set_tag(run_id, "etrm.node_id", event["node_id"])
+        self.store.log_metrics(run_id, event["step"], event["metrics"])
+        if event["event"] == "end":
+            self.final[planned.trial_id] = event["status"]
+            self.store.set_trial_status(run_id, event["status"], event["message"])
+        self.progress.update(planned.trial_id, step=event["step"], metrics=event["metrics"],
+                             state=event.get("status") if event["event"] == "end" else None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        planned = self._trial(trial)
+        if planned.trial_id not in self.final:  # ended without the trainer's last word: a scheduler stopped it
+            self.final[planned.trial_id] = "stopped"
+            self.store.set_trial_status(self.runs[planned.trial_id], "stopped", "stopped early by the scheduler")
+            self.progress.update(planned.trial_id, state="stopped")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        planned = self._trial(trial)
+        self._record_error(planned.trial_id, trial, final=False)
+        self.progress.update(planned.trial_id, state="retrying")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        planned = self._trial(trial)
+        self.final[planned.trial_id] = "failed"
+        self._record_error(planned.trial_id, trial, final=True)
+        self.progress.update(planned.trial_id, state="failed")
+
+    def _record_error(self, trial_id: str, trial, final: bool) -> None:
+        run_id = self.runs[trial_id]
+        text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() \
+            else "no error file was written by Ray"
+        self.store.log_text(run_id, text, f"errors/attempt-{trial.num_failures}.txt")
+        last_line = text.strip().splitlines()[-1] if text.strip() else "error"
+        if final:
+            self.store.set_trial_status(run_id, "failed", last_line)
+        else:
+            self.store.client.set_tag(run_id, "etrm.message", f"retrying after: {last_line}")
+
+
+def connect(spec: SweepSpec, address: str | None) -> str | None:
+    """Join the cluster the user named, or start a local Ray sized to this machine. Returns the dashboard URL."""
+    address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        ray.shutdown()
+    if address:
+        ctx = ray.init(address=address, log_to_driver=False, logging_level="error")
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only instance
+        ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                       log_to_driver=False, logging_level="error")
+    url = ctx.dashboard_url
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+@dataclass
+class Search:
+    """How Tune generates this launch's trials: the param space, the searcher, and how a Tune trial's
+    params map back to the PlannedTrial the tracking and the progress view know it by."""
+
+    space: dict[str, Any]
+    searcher: Any | None
+    num_samples: int     # Tune's num_samples: 1 for a grid (the grid lists the trials), else samples left
+    resolve: Callable[[dict[str, Any]], PlannedTrial]
+    total: int           # trials the spec asks for
+    done: int            # of those, already finished or diverged
+    to_run: list[PlannedTrial]  # known in advance for a grid; empty for a search
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+
+def grid_search(plan: Plan, done: set[str]) -> Search:
+    by_id = {t.trial_id: t for t in plan.trials}
+    pending = plan.pending(done)
+    space = {"trial": tune.grid_search([{"trial_id": t.trial_id, "config": t.config.model_dump(mode="json")}
+                                        for t in pending])}
+    return Search(space, None, 1, lambda params: by_id[params["trial"]["trial_id"]], len(plan.trials),
+                  len(plan.trials) - len(pending), pending)
+
+
+def optuna_search(spec: SweepSpec, store: SweepStore) -> Search:
+    """Optuna through Ray Tune; trials finished by earlier launches seed the study instead of rerunning."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna = spec.search.optuna
+    points, rewards = [], []
+    for record in store.records([optuna.metric]):
+        if record.status in DONE_STATUSES and optuna.metric in record.final:
+            points.append({f"sample/{k}": record.variant[k] for k in optuna.space})  # Tune's flattened names
+            rewards.append(record.final[optuna.metric])
+    # The sampler's seed moves on with the study's size: the same seed would redraw the first points.
+    searcher = OptunaSearch(metric="etrm/score", mode=optuna.mode, seed=spec.seeds[0] + len(points),
+                            points_to_evaluate=points or None, evaluated_rewards=rewards or None)
+
+    def resolve(params: dict[str, Any]) -> PlannedTrial:
+        return planned_trial(spec, {k: params["sample"][k] for k in optuna.space}, spec.seeds[0])
+
+    space = {"sample": {key: _tune_domain(dim) for key, dim in optuna.space.items()},
+             "base": spec.base, "seed": spec.seeds[0]}
+    done = min(len(points), optuna.num_samples)
+    return Search(space, searcher, optuna.num_samples - done, resolve, optuna.num_samples, done, [])
+
+
+def _tune_domain(dim):
+    if dim.type == "categorical":
+        return tune.choice(dim.choices)
+    if dim.type == "int":
+        return (tune.lograndint if dim.log else tune.randint)(dim.low, dim.high + 1)
+    return (tune.loguniform if dim.log else tune.uniform)(dim.low, dim.high)
+
+
+def _scheduler(spec: SweepSpec, plan: Plan):
+    """ASHA over optimiser steps: rungs at 1/16, 1/4 and all of the longest trial's steps."""
+    if spec.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    _, mode = spec.primary_metric()
+    max_steps = max((t.config.train.steps for t in plan.trials), default=build_config(spec.base).train.steps)
+    return ASHAScheduler(time_attr="etrm/step", metric="etrm/score", mode=mode, max_t=max_steps,
+                         grace_period=max(1, max_steps // 16), reduction_factor=4,
+                         stop_last_trials=False)  # a trial that reaches the end finishes on its own
+
+
+def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, console: Console | None = None,
+           workspace: Workspace | None = None) -> SweepOutcome:
+    console = console or Console()
+    ctx = SweepContext(spec, (workspace or Workspace.default()).create())
+    ctx.save_spec(spec_text)
+    store = ctx.store()
+    plan = make_plan(spec)
+    done = store.done_trial_ids()
+
+    dashboard = connect(spec, address)
+    check_resources(spec, ray.cluster_resources())
+    parent = store.open_sweep(spec.description or "")
+    _log_launch(store, parent, spec_text, plan, done)
+    search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)
+    console.print(f"[bold]{spec.name}[/]: {search.total} trials, {search.done} already done, "
+                  f"{search.remaining} to run · Ray dashboard {dashboard}")
+
+    metric, _ = spec.primary_metric()
+    progress = SweepProgress(console, metric)
+    for t in search.to_run:
+        progress.add(t.trial_id, f"{t.cell_label} s{t.seed}", t.config.train.steps)
+    if search.remaining:
+        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, resources),
+            param_space={**search.space, "checkpoint_root": ctx.checkpoint_root,
+                         "cpus_per_trial": spec.resources.cpu, "score_metric": metric},
+            tune_config=tune.TuneConfig(num_samples=search.num_samples, search_alg=search.searcher,
+                                        scheduler=_scheduler(spec, plan), max_concurrent_trials=spec.max_concurrent,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=spec.cluster.storage or str(ctx.workspace.ray_results),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                callbacks=[TrackingCallback(store, parent, search.resolve, progress)], verbose=0),
+        )
+        with progress:
+            tuner.fit()
+        console.print()
+    statuses = store.trial_statuses()
+    complete = all(status in DONE_STATUSES for status in statuses.values()) and len(statuses) >= search.total
+    store.close_sweep(parent, "FINISHED" if complete else "FAILED")
+    return SweepOutcome(search.total, search.done, statuses, parent, dashboard)
+
+
+def _log_launch(store: SweepStore, parent: str, spec_text: str, plan: Plan, done: set[str]) -> None:
+    """Spec, plan and environment of this launch, as artifacts of the sweep's parent run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    store.log_text(parent, spec_text, f"launches/{stamp}/spec.yaml")
+    rows = [{"trial_id": t.trial_id, "cell_id": t.cell_id, "cell": t.cell_label, "seed": t.seed,
+             "variant": t.variant, "already_done": t.trial_id in done} for t in plan.trials]
+    store.log_text(parent, json.dumps(rows, indent=2), f"launches/{stamp}/plan.json")
+    env = {"code_version": code_version(), "packages": package_versions(),
+           "ray_resources": ray.cluster_resources()}
+    store.log_text(parent, yaml.safe_dump(env, sort_keys=False), f"launches/{stamp}/environment.yaml")

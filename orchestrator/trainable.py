@@ -1,0 +1,63 @@
+"""The Ray Tune function trainable: one call runs one trial of the shared trainer on a worker.
+
+It knows nothing of MLflow: everything the driver records arrives through
+`tune.report` as `{"etrm": {...}}` events. Checkpoints go to the CheckpointStore
+under the trial id, so a retry on another node, or a relaunch of the whole
+sweep, resumes the trial where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from etrm.config import TrialConfig, build_config
+from etrm.train import train
+from orchestrator.checkpoints import CheckpointStore
+
+
+class TuneReporter:
+    """The trainer's Reporter, forwarding to Ray Tune."""
+
+    def __init__(self, store: CheckpointStore, trial_id: str, workdir: Path, score_metric: str | None):
+        self.store, self.trial_id, self.workdir = store, trial_id, workdir
+        self.score_metric = score_metric
+
+    def report(self, event: dict[str, Any]) -> None:
+        """Searchers and schedulers read top-level `etrm/score` and `etrm/step`; the driver reads the event.
+        The node id tells nodes apart even when they share an IP (Tune's own `node_ip` cannot)."""
+        result: dict[str, Any] = {"etrm": event | {"node_id": ray.get_runtime_context().get_node_id()},
+                                  "etrm/step": event["step"]}
+        if self.score_metric in event["metrics"]:
+            result["etrm/score"] = event["metrics"][self.score_metric]
+        tune.report(result)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.report({"event": "log", "step": step, "metrics": metrics})
+
+    def checkpoint_saved(self, step: int, path: Path) -> None:
+        self.store.publish(self.trial_id, self.workdir)
+
+
+def trial_config(params: dict[str, Any]) -> TrialConfig:
+    """Grid trials arrive resolved; searched ones arrive as a sample of dotted overrides on the base."""
+    if "trial" in params:
+        return TrialConfig.model_validate(params["trial"]["config"])
+    return build_config(params["base"], {**params["sample"], "seed": params["seed"]})
+
+
+def run_trial(params: dict[str, Any]) -> None:
+    cfg = trial_config(params)
+    trial_id = cfg.config_hash()
+    if cfg.train.threads is None:  # use what Ray reserved for the trial, not every core of the node
+        torch.set_num_threads(max(1, int(params["cpus_per_trial"])))
+    store = CheckpointStore(params["checkpoint_root"])
+    workdir = store.workdir(trial_id)
+    reporter = TuneReporter(store, trial_id, workdir, params.get("score_metric"))
+    result = train(cfg, reporter, workdir)
+    reporter.report({"event": "end", "step": result.step, "status": result.status,
+                     "message": result.message, "metrics": result.metrics})

@@ -1,0 +1,188 @@
+"""End to end: the real CLI, a real local Ray, the real embedded MLflow store, the real trainer.
+
+Each test launches `etrm-sweep` as a user would (a subprocess in a fresh
+workspace) and then checks what MLflow holds, never what the driver printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.tracking import SweepStore
+from services import descendants, kill_pids, service_env
+
+pytestmark = pytest.mark.integration
+CLI = [str(Path(sys.executable).parent / "etrm-sweep")]
+
+TINY_BASE = {
+    "data": {"source": "synthetic", "grid_size": 5, "max_demos": 2, "families": ["colour_map"],
+             "num_train_puzzles": 16, "num_eval_puzzles": 4, "eval_variants": 1},
+    "model": {"hidden_size": 16, "num_heads": 2, "H_cycles": 1, "L_cycles": 1, "L_layers": 1,
+              "halt_max_steps": 2, "encoder": {"type": "hybrid_standard", "num_layers": 1, "set_layers": 1,
+                                               "output_tokens": 4}},
+    "train": {"steps": 8, "batch_size": 4, "log_every": 2, "eval_every": 8, "checkpoint_every": 4},
+}
+
+
+def write_spec(tmp_path: Path, name: str, **overrides) -> Path:
+    spec = {
+        "name": name,
+        "description": "e2e test sweep",
+        "base": TINY_BASE,
+        "axes": {"model.encoder.final_norm": [True, False]},
+        "seeds": [0, 1],
+        "contrast": {"axis": "model.encoder.final_norm", "treatment": True, "control": False},
+        "metrics": ["eval/exact_accuracy", "train/lm_loss"],
+        "resources": {"cpu": 1, "gpu": 0},
+        "max_concurrent": 2,
+        "max_failures": 1,
+    }
+    spec.update(overrides)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_cli(args: list[str], workspace: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = service_env(ETRM_SWEEP_HOME=str(workspace), COLUMNS="160")
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def store_for(workspace: Path, name: str) -> SweepStore:
+    return SweepStore(f"sqlite:///{workspace / 'mlflow.db'}", name, name)
+
+
+def trial_runs(workspace: Path, name: str) -> list:
+    return list(store_for(workspace, name)._search("trial"))
+
+
+def test_tiny_sweep_records_every_trial_once_and_relaunch_runs_nothing(tmp_path):
+    ws = tmp_path / "ws"
+    spec = write_spec(tmp_path, "tiny")
+    first = run_cli(["launch", str(spec)], ws)
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    runs = trial_runs(ws, "tiny")
+    assert len(runs) == 4
+    store = store_for(ws, "tiny")
+    for run in runs:
+        tags = run.data.tags
+        assert tags["etrm.status"] == "finished"
+        assert run.info.status == "FINISHED"
+        for key in ("etrm.sweep", "etrm.cell_id", "etrm.seed", "etrm.variant", "etrm.config_hash",
+                    "etrm.code_version", "etrm.version.torch", "etrm.version.ray", "etrm.trial_id"):
+            assert tags.get(key), key
+        assert tags["mlflow.parentRunId"] == store.parent_run_id()
+        assert run.data.params["model.encoder.final_norm"] in ("True", "False")
+        history = store.client.get_metric_history(run.info.run_id, "train/lm_loss")
+        assert [m.step for m in history] == [2, 4, 6, 8]
+        assert "eval/exact_accuracy" in run.data.metrics
+    pairs = {(json.loads(r.data.tags["etrm.variant"])["model.encoder.final_norm"], r.data.tags["etrm.seed"])
+             for r in runs}
+    assert pairs == {(True, "0"), (True, "1"), (False, "0"), (False, "1")}
+
+    again = run_cli(["launch", str(spec)], ws)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "4 already done" in again.stdout
+    assert len(trial_runs(ws, "tiny")) == 4
+
+    # adding a seed runs only the two new trials, in the same sweep
+    bigger = write_spec(tmp_path, "tiny", seeds=[0, 1, 2])
+    third = run_cli(["launch", str(bigger)], ws)
+    assert third.returncode == 0, third.stdout + third.stderr
+    runs = trial_runs(ws, "tiny")
+    assert len(runs) == 6 and all(r.data.tags["etrm.status"] == "finished" for r in runs)
+
+
+def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path):
+    ws = tmp_path / "ws"
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 60, "checkpoint_every": 10, "eval_every": 60}}
+    spec = write_spec(tmp_path, "killed", base=base, max_concurrent=1)
+    env = service_env(ETRM_SWEEP_HOME=str(ws))
+    driver = subprocess.Popen(CLI + ["launch", str(spec)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    store = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # kill once one trial finished and another has a checkpoint
+            time.sleep(1)
+            # The driver creates the store before any trial runs: only open it once checkpoints exist,
+            # so this test never races the driver's schema creation.
+            if len(list((ws / "checkpoints" / "killed").glob("*/checkpoint.pt"))) < 2:
+                continue
+            store = store or store_for(ws, "killed")
+            if list(store.trial_statuses().values()).count("finished") >= 1:
+                break
+        else:
+            pytest.fail("the sweep never reached a finished trial and a second checkpoint")
+        pids = descendants(driver.pid)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        kill_pids(descendants(driver.pid) | (pids if "pids" in locals() else set()))
+    before = {tid: r for tid, r in store.trial_runs().items()}
+    finished_before = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "finished"}
+    interrupted = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "running"}
+    assert finished_before and interrupted
+
+    resumed = run_cli(["resume", "killed"], ws)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = store_for(ws, "killed").trial_runs()
+    assert len(after) == 4 and all(r.data.tags["etrm.status"] == "finished" for r in after.values())
+    for tid in finished_before:  # not rerun: the run was not reopened
+        assert after[tid].info.end_time == before[tid].info.end_time
+    client = store.client
+    for tid, run in after.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/lm_loss")]
+        assert steps == list(range(2, 61, 2)), (tid, steps)  # every step once, none lost, none twice
+    for tid in interrupted:  # resumed from its checkpoint, not from scratch
+        ckpt = ws / "checkpoints" / "killed" / tid / "checkpoint.pt"
+        assert ckpt.exists()
+
+
+def test_diverged_and_crashed_trials_are_recorded_and_the_rest_finish(tmp_path):
+    ws = tmp_path / "ws"
+    spec = write_spec(tmp_path, "faults", axes={"faults.nan_loss_at_step": [None, 3], "faults.raise_at_step": [None, 5]},
+                      seeds=[0], contrast=None, max_failures=0)
+    result = run_cli(["launch", str(spec)], ws)
+    assert result.returncode == 1, result.stdout + result.stderr  # incomplete, and it says so
+    assert "1 trial(s) did not finish" in result.stdout
+
+    def by_faults():
+        return {tuple(json.loads(r.data.tags["etrm.variant"]).values()): r for r in trial_runs(ws, "faults")}
+
+    runs = by_faults()
+    assert len(runs) == 4
+    assert runs[(None, None)].data.tags["etrm.status"] == "finished"
+    diverged = runs[(3, None)]
+    assert diverged.data.tags["etrm.status"] == "diverged"
+    assert "step 3" in diverged.data.tags["etrm.message"]
+    assert runs[(3, 5)].data.tags["etrm.status"] == "diverged"  # it diverges before it would crash
+    crashed = runs[(None, 5)]
+    assert crashed.data.tags["etrm.status"] == "failed" and crashed.info.status == "FAILED"
+    client = store_for(ws, "faults").client
+    errors = [a.path for a in client.list_artifacts(crashed.info.run_id, "errors")]
+    assert errors == ["errors/attempt-1.txt"]
+    text = Path(client.download_artifacts(crashed.info.run_id, errors[0], str(tmp_path))).read_text()
+    assert "File \"" in text and "TrialCrashed: faults.raise_at_step: simulated crash at step 5" in text  # the stack, as Ray saw it
+
+    # Relaunch: the failed trial runs again (from its step-4 checkpoint) and finishes in the same run;
+    # finished and diverged trials are not touched.
+    again = run_cli(["launch", str(spec)], ws)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 already done" in again.stdout
+    after = by_faults()
+    assert {k: r.info.run_id for k, r in after.items()} == {k: r.info.run_id for k, r in runs.items()}
+    assert after[(None, 5)].data.tags["etrm.status"] == "finished"
+    assert after[(3, None)].info.end_time == diverged.info.end_time
+    steps = [m.step for m in client.get_metric_history(crashed.info.run_id, "train/lm_loss")]
+    assert steps == [2, 4, 6, 8]
