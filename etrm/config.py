@@ -94,15 +94,17 @@ class EncoderConfig(Strict):
 class ModelConfig(Strict):
     """The recursive decoder (TRM core) and its encoder."""
 
-    hidden_size: int = Field(64, ge=8)
-    num_heads: int = Field(4, ge=1)
+    hidden_size: int = Field(64, ge=8, description="Width D of the decoder and encoders.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (must divide hidden_size).")
     expansion: float = Field(4.0, gt=0, description="SwiGLU width factor.")
     H_cycles: int = Field(2, ge=1, description="Outer recursion cycles per ACT step (last one has gradient).")
     L_cycles: int = Field(2, ge=1, description="Inner z_L updates per H cycle.")
     L_layers: int = Field(2, ge=1, description="Transformer blocks in the reasoning module.")
     halt_max_steps: int = Field(4, ge=1, description="ACT step limit (always used at evaluation).")
-    halt_exploration_prob: float = Field(0.1, ge=0.0, le=1.0)
-    rope_theta: float = Field(10000.0, gt=0)
+    halt_exploration_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="Chance that a training sample must run a random minimum of ACT steps."
+    )
+    rope_theta: float = Field(10000.0, gt=0, description="Rotary position embedding base.")
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 
     @model_validator(mode="after")
@@ -116,23 +118,29 @@ class TrainConfig(Strict):
     """Optimisation, evaluation cadence, device and precision."""
 
     steps: int = Field(300, ge=1, description="Real optimiser steps.")
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1, description="Rows per optimiser step (the ACT carry keeps this many in flight).")
+    lr: float = Field(1e-3, gt=0, description="Peak (post-warm-up) learning rate.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up, then constant.")
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    optimizer: Literal["adam_atan2", "adamw"] = "adam_atan2"
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam betas.")
+    optimizer: Literal["adam_atan2", "adamw"] = Field(
+        "adam_atan2", description="AdamATan2 (TRM's optimiser, written in PyTorch) or AdamW."
+    )
     encoder_lr_scale: float = Field(1.0, gt=0, description="Encoder lr = lr × this.")
     grad_clip: float = Field(1.0, gt=0, description="Global norm clip; the norm is logged before clipping.")
-    loss: Literal["stablemax", "softmax"] = "stablemax"
-    q_halt_weight: float = Field(0.5, ge=0)
+    loss: Literal["stablemax", "softmax"] = Field(
+        "stablemax", description="LM loss: TRM's stable-max cross-entropy (float64) or softmax cross-entropy."
+    )
+    q_halt_weight: float = Field(0.5, ge=0, description="Weight of the halting loss in the total loss.")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights used for evaluation; null = off.")
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(10, ge=1, description="Report train metrics every N steps (the only host syncs).")
     eval_every: int = Field(100, ge=1, description="Evaluate every N steps and at the end.")
-    checkpoint_every: int = Field(100, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(100, ge=1, description="Checkpoint every N steps and at the end (with a checkpoint dir).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available, else cpu.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Autocast dtype; auto = bfloat16 where the device has it natively, else float32."
+        "auto",
+        description="Autocast dtype; auto = bfloat16 where the device has it natively (CUDA, CPUs with AVX512-BF16/AMX), "
+        "else float32. On such CPUs bf16 pays off from hidden ~128; tiny models run faster in float32 (bench/RESULTS.md).",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default).")
 
@@ -160,7 +168,7 @@ class FaultConfig(Strict):
 class TrialConfig(Strict):
     """Everything one trial needs. `seed` drives data, init, sampling and augmentation."""
 
-    seed: int = 0
+    seed: int = Field(0, description="Seeds data generation, initialisation, sampling and augmentation.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -211,7 +219,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def build_config(tree: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrialConfig:
     """Validate a nested dict (plus dotted overrides) into a TrialConfig, or raise ConfigError."""
-    tree = json.loads(json.dumps(tree or {}))  # a deep copy that also rejects non-JSON values early
+    try:
+        tree = json.loads(json.dumps(tree or {}))  # a deep copy that also rejects non-JSON values early
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"<root>: values must be plain YAML/JSON data ({err})") from None
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
     try:

@@ -1,0 +1,45 @@
+"""Print README's config-key and metric tables from their single sources (TrialConfig, METRICS).
+
+    .venv/bin/python scripts/reference_tables.py
+
+tests/test_docs.py fails when README.md no longer contains this output, so the docs cannot drift.
+"""
+
+from __future__ import annotations
+
+import typing
+
+from etrm.config import config_keys
+from etrm.metrics import METRICS
+
+
+def _type(field) -> str:
+    ann = field.annotation
+    name = ann.__name__ if hasattr(ann, "__name__") and not typing.get_args(ann) else str(ann)
+    return name.replace("typing.", "").replace("|", "\\|")
+
+
+def _default(field) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def config_table() -> str:
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, field in config_keys().items():
+        rows.append(f"| `{key}` | `{_type(field)}` | `{_default(field)}` | {field.description.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
+def metrics_table() -> str:
+    rows = ["| metric | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {text.replace('|', chr(92) + '|')} |" for name, text in METRICS.items()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(config_table(), metrics_table(), sep="\n\n")
