@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -218,11 +218,11 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     console = console or Console()
     ctx = SweepContext(spec, (workspace or Workspace.default()).create())
     ctx.save_spec(spec_text)
-    store = ctx.store()
     plan = make_plan(spec)
-    done = store.done_trial_ids()
-
-    dashboard = connect(spec, address)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
+        opening = pool.submit(lambda: (store := ctx.store(), store.done_trial_ids()))
+        dashboard = connect(spec, address)
+        store, done = opening.result()
     check_resources(spec, ray.cluster_resources())
     parent = store.open_sweep(spec.description or "")
     _log_launch(store, parent, spec_text, plan, done)
