@@ -49,11 +49,13 @@ class Reporter(Protocol):
 
 
 class SilentReporter:
+    """The reporter of a trial nobody watches (tests, notebooks): it drops everything."""
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        pass
+        return None
 
     def checkpoint_saved(self, step: int, path: Path) -> None:
-        pass
+        return None
 
 
 @dataclass
@@ -286,7 +288,7 @@ class ProgressReporter:
         self.progress.update(self.task, completed=step, info="  ".join(self.shown.values()))
 
     def checkpoint_saved(self, step: int, path: Path) -> None:
-        pass
+        """A checkpoint changes nothing on the progress bar."""
 
 
 def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str | Path | None,
