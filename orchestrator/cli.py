@@ -101,7 +101,7 @@ def _finished_trial_ids(spec: SweepSpec) -> set[str]:
     from orchestrator.workspace import SweepContext, Workspace
 
     ctx = SweepContext(spec, Workspace.default())
-    if spec.tracking.uri is None and not ctx.workspace.database.exists():
+    if ctx.embedded and not ctx.workspace.database.exists():
         return set()  # never launched here: don't create a store just to read nothing from it
     return ctx.store().done_trial_ids()
 
@@ -169,8 +169,8 @@ def _run(ctx, spec_text: str, address: str | None) -> None:
 def _mlflow_hint(ctx, store) -> str:
     # The runs view in MLflow's "Model training" mode: MLflow 3 opens an experiment on its GenAI traces page
     experiment = f"#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
-    if ctx.spec.tracking.uri and ctx.spec.tracking.uri.startswith("http"):
-        return f"{ctx.spec.tracking.uri.rstrip('/')}/{experiment}"
+    if ctx.tracking_uri.startswith("http"):
+        return f"{ctx.tracking_uri.rstrip('/')}/{experiment}"
     return f"run `etrm-sweep ui` and open http://127.0.0.1:5000/{experiment}"
 
 

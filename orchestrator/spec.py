@@ -138,7 +138,8 @@ class Tracking(Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI: a server (http://host:5000) or its database "
         "(postgresql+psycopg2://user:password@host:5432/db, sqlite:///path/mlflow.db); "
-        "null = the embedded local store under .etrm-sweep/ (open it with `etrm-sweep ui`)."
+        "null = $MLFLOW_TRACKING_URI if set, else the embedded local store under .etrm-sweep/ "
+        "(open it with `etrm-sweep ui`)."
     )
     experiment: str | None = Field(None, description="MLflow experiment name; defaults to the sweep name.")
 

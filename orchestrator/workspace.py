@@ -61,7 +61,12 @@ class SweepContext:
 
     @property
     def tracking_uri(self) -> str:
-        return self.spec.tracking.uri or self.workspace.tracking_uri
+        """The spec's `tracking.uri`, else MLflow's own MLFLOW_TRACKING_URI, else the embedded store."""
+        return self.spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or self.workspace.tracking_uri
+
+    @property
+    def embedded(self) -> bool:
+        return self.tracking_uri == self.workspace.tracking_uri
 
     @property
     def checkpoint_root(self) -> str:
