@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from orchestrator import stats
+from orchestrator.plan import short_names
 from orchestrator.records import STATUSES, TrialRecord, mlflow_metric_name
+from orchestrator.spec import show_value
 
 DEFAULT_METRICS = [
     "eval/exact_accuracy",
@@ -221,18 +223,8 @@ def _selected_value(record: TrialRecord, metric: str, selection: str, validation
 # --- cells --------------------------------------------------------------------------------------------
 
 
-def _show(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _short_names(axes: list[str]) -> dict[str, str]:
-    """Last dotted component (model.encoder.final_norm -> final_norm) unless two axes share it."""
-    last = [a.rsplit(".", 1)[-1] for a in axes]
-    return {a: s if last.count(s) == 1 else a for a, s in zip(axes, last)}
-
-
 def _label(variant: dict[str, Any], names: dict[str, str]) -> str:
-    return ", ".join(f"{names[a]}={_show(v)}" for a, v in variant.items()) or "all trials"
+    return ", ".join(f"{names[a]}={show_value(v)}" for a, v in variant.items()) or "all trials"
 
 
 def _rng(seed: int, *keys: str) -> np.random.Generator:
@@ -258,7 +250,7 @@ def _summarise(
 
 
 def _cells(records, axes, metrics, selection, seed) -> list[Cell]:
-    names = _short_names(axes)
+    names = short_names(axes)
     groups: dict[tuple, list[TrialRecord]] = {}
     for r in records:
         if r.status not in STATUSES:
@@ -379,11 +371,11 @@ def _contrast(
 
 def _contrasts(cells: list[Cell], axes: list[str], contrast: tuple[str, Any, Any], metrics: list[str], seed: int):
     axis, treatment, control = contrast
-    names = _short_names(axes)
+    names = short_names(axes)
     for value in (treatment, control):
         if not any(c.variant[axis] == value for c in cells):
-            seen = sorted({_show(c.variant[axis]) for c in cells})
-            raise ValueError(f"contrast {axis}={_show(value)!s} matches no trial; values seen: {seen}")
+            seen = sorted({show_value(c.variant[axis]) for c in cells})
+            raise ValueError(f"contrast {axis}={show_value(value)!s} matches no trial; values seen: {seen}")
     others = [a for a in axes if a != axis]
     arms: dict[tuple, dict[str, Cell]] = {}
     for cell in cells:
@@ -399,8 +391,8 @@ def _contrasts(cells: list[Cell], axes: list[str], contrast: tuple[str, Any, Any
                 _contrast(
                     m, pair.get("t"), pair.get("c"), _rng(seed, context_label, m),
                     confirmatory=m == metrics[0], context=context, context_label=context_label,
-                    treatment_label=f"{names[axis]}={_show(treatment)}",
-                    control_label=f"{names[axis]}={_show(control)}",
+                    treatment_label=f"{names[axis]}={show_value(treatment)}",
+                    control_label=f"{names[axis]}={show_value(control)}",
                 )  # fmt: skip
             )
     return results
@@ -517,7 +509,7 @@ def _rules(
     axis, treatment, control = contrast
     exploratory = metrics[1:]
     rules |= {
-        "contrast": f"{axis}={_show(treatment)} (treatment) vs {axis}={_show(control)} (control), within each of "
+        "contrast": f"{axis}={show_value(treatment)} (treatment) vs {axis}={show_value(control)} (control), within each of "
         f"the {n_contexts} combinations of the other axes; difference = treatment - control.",
         "test": "Paired by seed when every usable seed of one arm has its partner: exact two-sided sign-flip "
         f"permutation test on the per-seed differences (all 2^n sign patterns up to n={stats.MAX_EXACT_FLIPS}, "
