@@ -130,20 +130,27 @@ class Gravity(Family):
         return dihedral(out, DIHEDRAL_INVERSE[k])  # undo the turn
 
 
-class Fill(Family):
-    """Background cells enclosed by shapes (mode enclosed) or inside the bounding box of all
-    shapes (mode bbox) become a fixed colour."""
+class ModeAndColour(Family):
+    """A family whose held-out key is a target colour (1..9) and whose mode is drawn freely."""
 
-    name = "fill"
+    modes: tuple[str, str]
 
     def keys(self):
         return list(range(1, 10))
 
     def instance(self, rng, colour):
-        return (str(rng.choice(["enclosed", "bbox"])), colour)
+        return (str(rng.choice(list(self.modes))), colour)
 
     def reserved(self, params):
         return {params[1]}
+
+
+class Fill(ModeAndColour):
+    """Background cells enclosed by shapes (mode enclosed) or inside the bounding box of all
+    shapes (mode bbox) become a fixed colour."""
+
+    name = "fill"
+    modes = ("enclosed", "bbox")
 
     def make_input(self, rng, h, w, params, palette):
         grid = np.zeros((h, w), dtype=np.int64)
@@ -174,19 +181,11 @@ class Fill(Family):
         return np.where(inside, colour, grid)
 
 
-class RecolourObject(Family):
+class RecolourObject(ModeAndColour):
     """The largest (or smallest) object, a 4-connected shape, takes a fixed colour."""
 
     name = "recolour_object"
-
-    def keys(self):
-        return list(range(1, 10))
-
-    def instance(self, rng, colour):
-        return (str(rng.choice(["largest", "smallest"])), colour)
-
-    def reserved(self, params):
-        return {params[1]}
+    modes = ("largest", "smallest")
 
     def make_input(self, rng, h, w, params, palette):
         grid = np.zeros((h, w), dtype=np.int64)
