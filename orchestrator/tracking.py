@@ -56,6 +56,7 @@ class SweepStore:
         self.uri, self.sweep = uri, sweep
         self.experiment_id = self._experiment(experiment, artifact_root)
         self._last_step: dict[tuple[str, str], int] = {}
+        self._new_runs: set[str] = set()  # created by this process: nothing logged yet, nothing to look up
 
     def _experiment(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -127,6 +128,7 @@ class SweepStore:
             **{f"etrm.version.{k}": v for k, v in package_versions().items()},
         }
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
+        self._new_runs.add(run_id)
         params = [Param(k, json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v))
                   for k, v in flatten(trial.config.model_dump(mode="json")).items()]
         for i in range(0, len(params), 100):
@@ -148,6 +150,8 @@ class SweepStore:
 
     def _last_logged(self, run_id: str, key: str) -> int:
         if (run_id, key) not in self._last_step:
+            if run_id in self._new_runs:
+                return -1
             history = self.client.get_metric_history(run_id, key)
             self._last_step[(run_id, key)] = max((m.step for m in history), default=-1)
         return self._last_step[(run_id, key)]
