@@ -4,24 +4,21 @@ They replace TRM's per-puzzle embedding table, so a puzzle never seen in trainin
 be told apart. Every encoder maps demo_inputs / demo_outputs (B, K, G²) and demo_mask (B, K)
 to an `EncoderOutput`. Padded demo slots cost no compute: only the real demos are gathered
 into a flat batch, encoded, and scattered back (`encode_valid_demos`). `ENCODERS` at the
-bottom is the one registry of encoder names (reference §4).
+bottom maps each name of `etrm.config.ENCODER_TYPES` (reference §4) to its module.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from etrm.config import ENCODER_TYPES, ModelConfig
 from etrm.grids import PAD, VOCAB_SIZE
 from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, rms_norm
 from etrm.losses import kl_divergence
-
-if TYPE_CHECKING:  # config.py imports this module lazily to validate encoder names
-    from etrm.config import ModelConfig
 
 LOGVAR_CLAMP = 10.0
 
@@ -245,3 +242,5 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "lpn_standard": LPNStandardEncoder,
     "lpn_variational": LPNVariationalEncoder,
 }
+if ENCODERS.keys() != set(ENCODER_TYPES):  # a name the config accepts must build, and every module be reachable
+    raise ImportError(f"etrm.config.ENCODER_TYPES {sorted(ENCODER_TYPES)} and ENCODERS {sorted(ENCODERS)} differ")

@@ -31,7 +31,8 @@ from etrm.data import EvalSet, TrainSampler, load_puzzles
 from etrm.evaluate import evaluate
 from etrm.grids import PAD
 from etrm.losses import q_halt_loss, softmax_cross_entropy, stablemax_cross_entropy
-from etrm.metrics import METRICS, HaltedMeans, encoder_diagnostics, grad_norm
+from etrm.diagnostics import HaltedMeans, encoder_diagnostics, grad_norm
+from etrm.metrics import METRICS
 from etrm.model import ETRM, Batch, Carry, StepOutput
 from etrm.optim import build_optimizer, lr_at, set_lr
 
