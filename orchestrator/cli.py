@@ -153,10 +153,11 @@ def sweep_errors() -> Iterator[None]:
 
 def _run(ctx, spec_text: str, address: str | None) -> None:
     from orchestrator.dispatch import launch as launch_sweep
-    from orchestrator.sweep_report import report_sweep
 
     console = Console()
     outcome = launch_sweep(ctx.spec, spec_text, address=address, console=console, workspace=ctx.workspace)
+    from orchestrator.sweep_report import report_sweep  # statistics and plots: not before the trials start
+
     store = ctx.store()
     report_sweep(ctx.spec, store, console)
     console.print(f"MLflow: {_mlflow_hint(ctx, store)}")

@@ -15,11 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 import yaml
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
 
 from etrm.config import build_config
@@ -27,14 +28,28 @@ from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
 from orchestrator.spec import SweepSpec, check_resources
+from orchestrator.records import DONE_STATUSES
 from orchestrator.trainable import run_trial
-from orchestrator.tracking import DONE_STATUSES, SweepStore
 from orchestrator.workspace import SweepContext, Workspace
 
-# Eval metrics arrive only on eval steps, so the score a searcher or ASHA reads is absent from
-# most results: Tune must not treat that as an error (ASHA itself skips such results).
-for _var, _value in (("RAY_USAGE_STATS_ENABLED", "0"), ("MLFLOW_DISABLE_TELEMETRY", "true"),
-                     ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")):
+if TYPE_CHECKING:  # MLflow loads in launch's background thread, while Ray starts
+    from orchestrator.tracking import SweepStore
+
+_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Eval metrics arrive only on eval steps, so the score a searcher or ASHA reads is absent from most
+    # results: Tune must not treat that as an error (ASHA itself skips such results).
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # MLflow is the record. Tune's automatic TensorBoard logger would import torch into the driver just as
+    # the first trials start (a second of a 2-core machine); launch asks for Tune's result.json alone.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Tune runs every trial in a worker with its own env vars, so the workers a local raylet prestarts for
+    # the driver's job are never used; starting them competes with the first trials for the CPU.
+    "RAY_prestart_worker_first_driver": "0",
+}
+for _var, _value in _ENV_DEFAULTS.items():
     os.environ.setdefault(_var, _value)
 # The live table and MLflow say what happened to each trial; Ray's and MLflow's own chatter would bury it.
 for _logger in ("ray", "ray.tune", "mlflow"):
@@ -247,7 +262,8 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
                 name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=spec.cluster.storage or str(ctx.workspace.ray_results),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[TrackingCallback(store, parent, search.resolve, progress)], verbose=0),
+                callbacks=[TrackingCallback(store, parent, search.resolve, progress), JsonLoggerCallback()],
+                verbose=0),
         )
         with progress:
             tuner.fit()

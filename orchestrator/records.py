@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 STATUSES = ("finished", "failed", "diverged", "running", "stopped")  # stopped: cut early by ASHA
+# Never rerun: a divergence is a result, not an accident; a trial ASHA stopped was stopped on purpose.
+DONE_STATUSES = ("finished", "diverged", "stopped")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from etrm.config import ConfigError, build_config, config_keys
+from etrm.metrics import METRICS
 
 DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var")
 
@@ -468,8 +469,6 @@ def _optuna_problems(spec: SweepSpec) -> list[str]:
 
 
 def _metric_problems(spec: SweepSpec) -> list[str]:
-    from etrm.metrics import METRICS  # imports torch: only when a spec is checked
-
     def unknown(where: str, name: str) -> str:
         close = difflib.get_close_matches(name, list(METRICS), n=1)
         return f"{where}: unknown metric {name!r}" + (f" (did you mean {close[0]}?)" if close else " (see etrm.metrics.METRICS)")

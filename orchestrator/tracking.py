@@ -29,10 +29,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from etrm.metrics import METRICS
 from orchestrator.provenance import code_version, package_versions
-from orchestrator.records import STATUSES, TrialRecord, mlflow_metric_name
+from orchestrator.records import DONE_STATUSES, STATUSES, TrialRecord, mlflow_metric_name
 
-# Never rerun: a divergence is a result, not an accident; a trial ASHA stopped was stopped on purpose.
-DONE_STATUSES = ("finished", "diverged", "stopped")
 _RUN_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 _OUR_NAME = {mlflow_metric_name(name): name for name in METRICS}  # MLflow refuses '@': ARC/pass@1 is stored as ARC/pass_at_1

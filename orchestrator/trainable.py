@@ -4,6 +4,9 @@ It knows nothing of MLflow: everything the driver records arrives through
 `tune.report` as `{"etrm": {...}}` events. Checkpoints go to the CheckpointStore
 under the trial id, so a retry on another node, or a relaunch of the whole
 sweep, resumes the trial where its last checkpoint left it.
+
+The driver imports this module only to hand `run_trial` to Tune; torch and the
+trainer are imported inside it, on the worker, so the driver never loads them.
 """
 
 from __future__ import annotations
@@ -12,11 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
 from etrm.config import TrialConfig, build_config
-from etrm.train import train
 from orchestrator.checkpoints import CheckpointStore
 
 
@@ -51,6 +52,10 @@ def trial_config(params: dict[str, Any]) -> TrialConfig:
 
 
 def run_trial(params: dict[str, Any]) -> None:
+    import torch
+
+    from etrm.train import train
+
     cfg = trial_config(params)
     trial_id = cfg.config_hash()
     if cfg.train.threads is None:  # use what Ray reserved for the trial, not every core of the node
