@@ -161,8 +161,8 @@ def _run(ctx, spec_text: str, address: str | None) -> None:
     store = ctx.store()
     report_sweep(ctx.spec, store, console)
     console.print(f"MLflow: {_mlflow_hint(ctx, store)}")
-    if outcome.incomplete:
-        console.print(f"[red]{len(outcome.incomplete)} trial(s) did not finish[/]: "
+    if outcome.unfinished:
+        console.print(f"[red]{outcome.unfinished} of {outcome.planned} trial(s) did not finish[/]: "
                       f"`etrm-sweep status {ctx.spec.name}` shows them, `etrm-sweep resume {ctx.spec.name}` retries them.")
         raise typer.Exit(1)
 

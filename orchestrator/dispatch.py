@@ -58,15 +58,8 @@ for _logger in ("ray", "ray.tune", "mlflow"):
 
 @dataclass
 class SweepOutcome:
-    planned: int
-    skipped: int              # already done before this launch
-    statuses: dict[str, str]  # trial_id -> status after this launch
-    parent_run_id: str
-    dashboard_url: str | None
-
-    @property
-    def incomplete(self) -> list[str]:
-        return [t for t, s in self.statuses.items() if s not in DONE_STATUSES]
+    planned: int     # trials the spec asks for
+    unfinished: int  # of those, not finished or diverged after this launch (failed, interrupted, never started)
 
 
 class TrackingCallback(tune.Callback):
@@ -268,10 +261,10 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
         with progress:
             tuner.fit()
         console.print()
-    statuses = store.trial_statuses()
-    complete = all(status in DONE_STATUSES for status in statuses.values()) and len(statuses) >= search.total
-    store.close_sweep(parent, "FINISHED" if complete else "FAILED")
-    return SweepOutcome(search.total, search.done, statuses, parent, dashboard)
+    done = store.done_trial_ids()
+    unfinished = len(plan.pending(done)) if spec.search == "grid" else max(0, search.total - len(done))
+    store.close_sweep(parent, "FAILED" if unfinished else "FINISHED")
+    return SweepOutcome(search.total, unfinished)
 
 
 def _log_launch(store: SweepStore, parent: str, spec_text: str, plan: Plan, done: set[str]) -> None:

@@ -103,9 +103,14 @@ def test_tiny_sweep_records_every_trial_once_and_relaunch_runs_nothing(tmp_path)
     assert len(runs) == 6 and all(r.data.tags["etrm.status"] == "finished" for r in runs)
 
 
-def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "Ctrl-C"])
+def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path, how):
+    """SIGKILL: the driver dies without a word. Ctrl-C: SIGINT to the terminal's whole process group
+    (the driver and every child that shares it), and the driver exits 1 naming `resume`."""
     ws = tmp_path / "ws"
-    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 60, "checkpoint_every": 10, "eval_every": 60}}
+    steps_per_trial = 100
+    base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": steps_per_trial, "checkpoint_every": 10,
+                                   "eval_every": steps_per_trial}}
     spec = write_spec(tmp_path, "killed", base=base, max_concurrent=1)
     env = service_env(ETRM_SWEEP_HOME=str(ws))
     driver = subprocess.Popen(CLI + ["launch", str(spec)], env=env, stdout=subprocess.PIPE,
@@ -113,26 +118,38 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path)
     store = None
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # kill once one trial finished and another has a checkpoint
-            time.sleep(1)
+        while time.monotonic() < deadline:  # kill once one trial finished and a running one has a checkpoint
+            time.sleep(0.5)
             # The driver creates the store before any trial runs: only open it once checkpoints exist,
             # so this test never races the driver's schema creation.
             if len(list((ws / "checkpoints" / "killed").glob("*/checkpoint.pt"))) < 2:
                 continue
             store = store or store_for(ws, "killed")
-            if list(store.trial_statuses().values()).count("finished") >= 1:
+            statuses = store.trial_statuses()
+            if "finished" in statuses.values() and any(
+                    status == "running" and (ws / "checkpoints" / "killed" / tid / "checkpoint.pt").exists()
+                    for tid, status in statuses.items()):
                 break
         else:
-            pytest.fail("the sweep never reached a finished trial and a second checkpoint")
+            pytest.fail("the sweep never reached a finished trial and a running one with a checkpoint")
         pids = descendants(driver.pid)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(30)
+        if how == "SIGKILL":
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait(30)
+        else:
+            os.killpg(driver.pid, signal.SIGINT)
+            out, _ = driver.communicate(timeout=120)
+            assert driver.returncode == 1, out
+            said = " ".join(out.split())  # rich wraps lines at the terminal's width
     finally:
         kill_pids(descendants(driver.pid) | (pids if "pids" in locals() else set()))
     before = {tid: r for tid, r in store.trial_runs().items()}
     finished_before = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "finished"}
     interrupted = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "running"}
     assert finished_before and interrupted
+    if how == "Ctrl-C":  # the count includes trials that never started (no MLflow run yet)
+        assert f"{4 - len(finished_before)} of 4 trial(s) did not finish" in said, out
+        assert "etrm-sweep resume killed" in said, out
 
     resumed = run_cli(["resume", "killed"], ws)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -143,7 +160,7 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path)
     client = store.client
     for tid, run in after.items():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/lm_loss")]
-        assert steps == list(range(2, 61, 2)), (tid, steps)  # every step once, none lost, none twice
+        assert steps == list(range(2, steps_per_trial + 1, 2)), (tid, steps)  # every step once, none lost, none twice
     for tid in interrupted:  # resumed from its checkpoint, not from scratch
         ckpt = ws / "checkpoints" / "killed" / tid / "checkpoint.pt"
         assert ckpt.exists()
@@ -155,7 +172,7 @@ def test_diverged_and_crashed_trials_are_recorded_and_the_rest_finish(tmp_path):
                       seeds=[0], contrast=None, max_failures=0)
     result = run_cli(["launch", str(spec)], ws)
     assert result.returncode == 1, result.stdout + result.stderr  # incomplete, and it says so
-    assert "1 trial(s) did not finish" in result.stdout
+    assert "1 of 4 trial(s) did not finish" in result.stdout
 
     def by_faults():
         return {tuple(json.loads(r.data.tags["etrm.variant"]).values()): r for r in trial_runs(ws, "faults")}
