@@ -161,6 +161,9 @@ def _run(ctx, spec_text: str, address: str | None) -> None:
     store = ctx.store()
     report_sweep(ctx.spec, store, console)
     console.print(f"MLflow: {_mlflow_hint(ctx, store)}")
+    if outcome.dashboard_url:
+        console.print(f"Ray dashboard: {outcome.dashboard_url}"
+                      + (" (while the trials ran: this launch's local Ray stops with it)" if outcome.local_ray else ""))
     if outcome.unfinished:
         console.print(f"[red]{outcome.unfinished} of {outcome.planned} trial(s) did not finish[/]: "
                       f"`etrm-sweep status {ctx.spec.name}` shows them, `etrm-sweep resume {ctx.spec.name}` retries them.")

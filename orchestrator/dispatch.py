@@ -60,6 +60,8 @@ for _logger in ("ray", "ray.tune", "mlflow"):
 class SweepOutcome:
     planned: int     # trials the spec asks for
     unfinished: int  # of those, not finished or diverged after this launch (failed, interrupted, never started)
+    dashboard_url: str | None
+    local_ray: bool  # the launch started its own Ray, which stops with it (its dashboard too)
 
 
 class TrackingCallback(tune.Callback):
@@ -135,9 +137,8 @@ class TrackingCallback(tune.Callback):
             self.store.client.set_tag(run_id, "etrm.message", f"retrying after: {last_line}")
 
 
-def connect(spec: SweepSpec, address: str | None) -> str | None:
-    """Join the cluster the user named, or start a local Ray sized to this machine. Returns the dashboard URL."""
-    address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
+def connect(address: str | None) -> str | None:
+    """Join the cluster at `address`, or (None) start a local Ray sized to this machine. Returns the dashboard URL."""
     if ray.is_initialized():
         ray.shutdown()
     if address:
@@ -227,9 +228,10 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     ctx = SweepContext(spec, (workspace or Workspace.default()).create())
     ctx.save_spec(spec_text)
     plan = make_plan(spec)
+    address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
     with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
         opening = pool.submit(lambda: (store := ctx.store(), store.done_trial_ids()))
-        dashboard = connect(spec, address)
+        dashboard = connect(address)
         store, done = opening.result()
     check_resources(spec, ray.cluster_resources())
     parent = store.open_sweep(spec.description or "")
@@ -264,7 +266,7 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     done = store.done_trial_ids()
     unfinished = len(plan.pending(done)) if spec.search == "grid" else max(0, search.total - len(done))
     store.close_sweep(parent, "FAILED" if unfinished else "FINISHED")
-    return SweepOutcome(search.total, unfinished)
+    return SweepOutcome(search.total, unfinished, dashboard, local_ray=not address)
 
 
 def _log_launch(store: SweepStore, parent: str, spec_text: str, plan: Plan, done: set[str]) -> None:

@@ -70,6 +70,7 @@ def test_tiny_sweep_records_every_trial_once_and_relaunch_runs_nothing(tmp_path)
     spec = write_spec(tmp_path, "tiny")
     first = run_cli(["launch", str(spec)], ws)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "Ray dashboard: http://127.0.0.1:" in first.stdout and "MLflow: run `etrm-sweep ui`" in first.stdout
 
     runs = trial_runs(ws, "tiny")
     assert len(runs) == 4
