@@ -27,8 +27,8 @@ from etrm.config import build_config
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
-from orchestrator.spec import SweepSpec, check_resources
 from orchestrator.records import DONE_STATUSES
+from orchestrator.spec import SweepSpec, check_resources
 from orchestrator.trainable import run_trial
 from orchestrator.workspace import SweepContext, Workspace
 

@@ -52,6 +52,7 @@ def trial_config(params: dict[str, Any]) -> TrialConfig:
 
 
 def run_trial(params: dict[str, Any]) -> None:
+    """One trial, on a Ray worker. Torch and the trainer load here, so the driver never imports them."""
     import torch
 
     from etrm.train import train
