@@ -24,6 +24,7 @@ from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
 
 from etrm.config import build_config
+from orchestrator import local_ray
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
@@ -229,10 +230,14 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     ctx.save_spec(spec_text)
     plan = make_plan(spec)
     address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
+    if not address and (leftovers := local_ray.reap(ctx.workspace.local_ray)):
+        console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
         opening = pool.submit(lambda: (store := ctx.store(), store.done_trial_ids()))
         dashboard = connect(address)
         store, done = opening.result()
+    if not address:
+        local_ray.record(ctx.workspace.local_ray)
     check_resources(spec, ray.cluster_resources())
     parent = store.open_sweep(spec.description or "")
     _log_launch(store, parent, spec_text, plan, done)

@@ -2,7 +2,8 @@
 
 Everything defaults to one folder, `.etrm-sweep/` under the working directory (or
 $ETRM_SWEEP_HOME): the MLflow store and its artifacts, Ray Tune's experiment
-folders and the trial checkpoints. Deleting that folder forgets every sweep.
+folders, the trial checkpoints, and notes of the processes each launch's local
+Ray started. Deleting that folder forgets every sweep.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class Workspace:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def local_ray(self) -> Path:
+        """Notes of the processes each launch's local Ray started (see orchestrator/local_ray.py)."""
+        return self.root / "local-ray"
 
     def create(self) -> "Workspace":
         for path in (self.root, self.artifact_root, self.ray_results, self.checkpoints):

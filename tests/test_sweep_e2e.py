@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from orchestrator.tracking import SweepStore
-from services import descendants, kill_pids, service_env
+from services import alive, descendants, kill_pids, service_env
 
 pytestmark = pytest.mark.integration
 CLI = [str(Path(sys.executable).parent / "etrm-sweep")]
@@ -106,8 +106,9 @@ def test_tiny_sweep_records_every_trial_once_and_relaunch_runs_nothing(tmp_path)
 
 @pytest.mark.parametrize("how", ["SIGKILL", "Ctrl-C"])
 def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path, how):
-    """SIGKILL: the driver dies without a word. Ctrl-C: SIGINT to the terminal's whole process group
-    (the driver and every child that shares it), and the driver exits 1 naming `resume`."""
+    """SIGKILL: the driver dies without a word, and its local Ray's agents outlive it until `resume`
+    ends them. Ctrl-C: SIGINT to the terminal's whole process group (the driver and every child that
+    shares it), and the driver exits 1 naming `resume`."""
     ws = tmp_path / "ws"
     steps_per_trial = 100
     base = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": steps_per_trial, "checkpoint_every": 10,
@@ -116,7 +117,7 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path,
     env = service_env(ETRM_SWEEP_HOME=str(ws))
     driver = subprocess.Popen(CLI + ["launch", str(spec)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    store = None
+    store, pids = None, set()
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # kill once one trial finished and a running one has a checkpoint
@@ -137,23 +138,29 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path,
         if how == "SIGKILL":
             os.kill(driver.pid, signal.SIGKILL)
             driver.wait(30)
+            time.sleep(3)  # Ray's fate sharing ends its GCS, raylet and workers; not its agents
+            left_behind = {pid for pid in pids if alive(pid)}
+            assert left_behind, "a hard-killed launch left no process: orchestrator/local_ray.py may be unneeded"
         else:
             os.killpg(driver.pid, signal.SIGINT)
             out, _ = driver.communicate(timeout=120)
             assert driver.returncode == 1, out
             said = " ".join(out.split())  # rich wraps lines at the terminal's width
-    finally:
-        kill_pids(descendants(driver.pid) | (pids if "pids" in locals() else set()))
-    before = {tid: r for tid, r in store.trial_runs().items()}
-    finished_before = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "finished"}
-    interrupted = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "running"}
-    assert finished_before and interrupted
-    if how == "Ctrl-C":  # the count includes trials that never started (no MLflow run yet)
-        assert f"{4 - len(finished_before)} of 4 trial(s) did not finish" in said, out
-        assert "etrm-sweep resume killed" in said, out
+        before = {tid: r for tid, r in store.trial_runs().items()}
+        finished_before = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "finished"}
+        interrupted = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "running"}
+        assert finished_before and interrupted
+        if how == "Ctrl-C":  # the count includes trials that never started (no MLflow run yet)
+            assert f"{4 - len(finished_before)} of 4 trial(s) did not finish" in said, out
+            assert "etrm-sweep resume killed" in said, out
 
-    resumed = run_cli(["resume", "killed"], ws)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        resumed = run_cli(["resume", "killed"], ws)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        if how == "SIGKILL":
+            assert f"Ended {len(left_behind)} processes left by the local Ray" in resumed.stdout, resumed.stdout
+            assert not any(alive(pid) for pid in left_behind)
+    finally:
+        kill_pids(descendants(driver.pid) | pids)
     after = store_for(ws, "killed").trial_runs()
     assert len(after) == 4 and all(r.data.tags["etrm.status"] == "finished" for r in after.values())
     for tid in finished_before:  # not rerun: the run was not reopened
