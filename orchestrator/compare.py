@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import asdict, dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
 
 from orchestrator import stats
 from orchestrator.plan import short_names
-from orchestrator.records import STATUSES, TrialRecord, mlflow_metric_name
+from orchestrator.records import (HIGHER_IS_BETTER, LOWER_IS_BETTER, STATUSES, TrialRecord, direction, matches,
+                                  mlflow_metric_name)
 from orchestrator.spec import show_value
 
 DEFAULT_METRICS = [
@@ -34,24 +34,12 @@ DEFAULT_METRICS = [
 SELECTIONS = ("final", "best")
 ALPHA = 0.05
 
-# Which way is better; metrics matching neither are tested two-sided and never called "improved".
-HIGHER_IS_BETTER = ("*accuracy", "ARC/pass@*")
-LOWER_IS_BETTER = ("*loss",)
 FRACTIONS = ("*accuracy", "ARC/pass@*")  # shown in %, differences in percentage points
 VARIANCES = ("*_var",)  # a variance: also report the SD ratio it implies
 
 
-def _matches(metric: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(metric, p) for p in patterns)
-
-
 def is_fraction(metric: str) -> bool:
-    return _matches(metric, FRACTIONS)
-
-
-def direction(metric: str) -> int:
-    """+1 higher is better, -1 lower is better, 0 unknown."""
-    return 1 if _matches(metric, HIGHER_IS_BETTER) else -1 if _matches(metric, LOWER_IS_BETTER) else 0
+    return matches(metric, FRACTIONS)
 
 
 def format_value(metric: str, x: float | None, diff: bool = False) -> str:
@@ -355,7 +343,7 @@ def _contrast(
         )  # fmt: skip
     sd_ratio, sd_ratio_ci = stats.bootstrap_ratio(t, c, stats.sd, rng, paired=is_paired)
     scale_ratio, scale_ratio_ci = (None, None)
-    if _matches(metric, VARIANCES):
+    if matches(metric, VARIANCES):
         scale_ratio, scale_ratio_ci = stats.bootstrap_ratio(t, c, stats.root_mean, rng, paired=is_paired)
     return ContrastResult(
         **common,

@@ -35,6 +35,7 @@ from pydantic import (
 
 from etrm.config import ConfigError, build_config, config_keys
 from etrm.metrics import METRICS
+from orchestrator.records import direction
 
 DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var")
 
@@ -262,9 +263,7 @@ class SweepSpec(Strict):
 
     def primary_metric(self) -> tuple[str, Literal["max", "min"]]:
         """(metric, mode) that optuna and ASHA optimise: optuna's own, else the first of `metrics` in its
-        natural direction (losses down, accuracies up; see compare.direction)."""
-        from orchestrator.compare import direction
-
+        natural direction (losses down, accuracies up; see records.direction)."""
         if self.search == "grid":
             return self.metrics[0], "min" if direction(self.metrics[0]) < 0 else "max"
         return self.search.optuna.metric, self.search.optuna.mode
