@@ -23,7 +23,9 @@ def record(folder: Path) -> Path:
     note = {"driver": [me.pid, me.create_time()],
             "processes": [[p.pid, p.create_time()] for p in me.children(recursive=True)]}
     path = folder / f"{me.pid}-{me.create_time():.0f}.json"  # a pid alone may be reused
-    path.write_text(json.dumps(note))
+    partial = path.with_suffix(".partial")  # a driver killed mid-write leaves no half note for reap to read
+    partial.write_text(json.dumps(note))
+    partial.replace(path)
     return path
 
 
