@@ -28,10 +28,10 @@ import torch
 from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, save_checkpoint
 from etrm.config import ConfigError, TrialConfig, load_config
 from etrm.data import EvalSet, TrainSampler, load_puzzles
+from etrm.diagnostics import HaltedMeans, encoder_diagnostics, grad_norm
 from etrm.evaluate import evaluate
 from etrm.grids import PAD
 from etrm.losses import q_halt_loss, softmax_cross_entropy, stablemax_cross_entropy
-from etrm.diagnostics import HaltedMeans, encoder_diagnostics, grad_norm
 from etrm.metrics import METRICS
 from etrm.model import ETRM, Batch, Carry, StepOutput
 from etrm.optim import build_optimizer, lr_at, set_lr
