@@ -14,8 +14,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from orchestrator.compare import Cell, Comparison, is_fraction, p_text
+from orchestrator.compare import Cell, Comparison
 from orchestrator.records import TrialRecord
+from orchestrator.wording import is_fraction, p_text
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 BETTER, WORSE, NEUTRAL = "#2ca02c", "#d62728", "#7f7f7f"

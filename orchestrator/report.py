@@ -16,9 +16,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.compare import Cell, Comparison, ContrastResult, format_interval, format_ratio, format_value
+from orchestrator.compare import Cell, Comparison, ContrastResult
 from orchestrator.plots import PLOT_KINDS, plot_name, render_plots
 from orchestrator.records import TrialRecord
+from orchestrator.wording import format_interval, format_ratio, format_value, rules, verdict, verdicts
 
 TITLE = "Sweep comparison"
 # terminal styles of verdicts
@@ -39,13 +40,13 @@ def _role(comparison: Comparison, metric: str) -> str:
     return "primary, Holm-corrected" if metric == comparison.primary else "exploratory, p not corrected"
 
 
-def _verdict_groups(comparison: Comparison) -> list[tuple[str, list[ContrastResult]]]:
-    """The primary metric's verdicts, then the exploratory ones under their own heading."""
+def _verdict_groups(comparison: Comparison) -> list[tuple[str, list[tuple[ContrastResult, str]]]]:
+    """The primary metric's verdicts, then the exploratory ones under their own heading: (result, sentence)."""
     groups = [
         (f"Verdicts: {comparison.primary} ({_role(comparison, comparison.primary)})",
-         [r for r in comparison.contrasts if r.confirmatory]),
+         [(r, verdict(r, comparison)) for r in comparison.contrasts if r.confirmatory]),
         ("Exploratory verdicts (p not corrected for multiple testing)",
-         [r for r in comparison.contrasts if not r.confirmatory]),
+         [(r, verdict(r, comparison)) for r in comparison.contrasts if not r.confirmatory]),
     ]  # fmt: skip
     return [(title, results) for title, results in groups if results]
 
@@ -113,10 +114,10 @@ def print_report(comparison: Comparison, console: Console) -> None:
             console.print(table)
     for title, results in _verdict_groups(comparison):
         console.rule(title)
-        for r in results:
-            console.print(Text(r.verdict, style=TONES[_tone(r)]))
+        for r, sentence in results:
+            console.print(Text(sentence, style=TONES[_tone(r)]))
     console.rule("how the numbers were made")
-    for key, text in comparison.rules.items():
+    for key, text in rules(comparison).items():
         console.print(Text.assemble((key, "bold"), f": {text}"))
 
 
@@ -129,8 +130,8 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 def to_markdown(comparison: Comparison) -> str:
     out = [f"# {TITLE}", "", _header(comparison), ""]
     for title, results in _verdict_groups(comparison):
-        out += [f"## {title}", "", *(f"- {r.verdict}" for r in results), ""]
-    out += ["## How the numbers were made", "", *(f"- **{k}**: {v}" for k, v in comparison.rules.items()), ""]
+        out += [f"## {title}", "", *(f"- {sentence}" for _, sentence in results), ""]
+    out += ["## How the numbers were made", "", *(f"- **{k}**: {v}" for k, v in rules(comparison).items()), ""]
     for metric in comparison.metrics:
         out += [f"## {metric}", "", "### Cells", "", _md_table(*cell_table(comparison, metric)), ""]
         headers, rows = contrast_table(comparison, metric)
@@ -159,8 +160,17 @@ def to_csv(comparison: Comparison) -> str:
     return buffer.getvalue()
 
 
+def to_dict(comparison: Comparison) -> dict:
+    """comparison.json: every number (Comparison.to_dict) with its words: a verdict per contrast, the rules."""
+    d = comparison.to_dict()
+    sentences = verdicts(comparison)
+    for out, sentence in zip(d["contrasts"], sentences):
+        out["verdict"] = sentence
+    return d | {"verdicts": sentences, "rules": rules(comparison)}
+
+
 def to_json(comparison: Comparison) -> str:
-    return json.dumps(comparison.to_dict(), indent=2, allow_nan=False)
+    return json.dumps(to_dict(comparison), indent=2, allow_nan=False)
 
 
 CSS = """
@@ -184,10 +194,10 @@ def _html(comparison: Comparison, plots: dict[str, tuple[bytes, str]]) -> str:
     e = html.escape
     parts = [f"<h1>{TITLE}</h1><p>{e(_header(comparison))}</p>"]
     for title, results in _verdict_groups(comparison):
-        items = "".join(f'<li class="{_tone(r)}">{e(r.verdict)}</li>' for r in results)
+        items = "".join(f'<li class="{_tone(r)}">{e(sentence)}</li>' for r, sentence in results)
         parts.append(f"<h2>{e(title)}</h2><ul>{items}</ul>")
-    rules = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in comparison.rules.items())
-    parts.append(f"<h2>How the numbers were made</h2><ul>{rules}</ul>")
+    said = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in rules(comparison).items())
+    parts.append(f"<h2>How the numbers were made</h2><ul>{said}</ul>")
     for metric in comparison.metrics:
         parts.append(f"<h2>{e(metric)}</h2><h3>Cells</h3>{_html_table(*cell_table(comparison, metric))}")
         headers, rows = contrast_table(comparison, metric)

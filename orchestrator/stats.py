@@ -5,6 +5,7 @@ Pure functions on 1-D arrays; randomness comes in as a numpy Generator so every 
 from __future__ import annotations
 
 import itertools
+import math
 from functools import lru_cache
 from math import comb
 from typing import Callable
@@ -218,3 +219,8 @@ def sd(x: np.ndarray) -> np.ndarray:
 def root_mean(x: np.ndarray) -> np.ndarray:
     """sqrt(mean) along the last axis: the ratio of two of these is the SD ratio a variance metric implies."""
     return np.sqrt(np.mean(x, axis=-1))
+
+
+def sign_flip_pairs_needed(alpha: float) -> int:
+    """Fewest seed pairs whose smallest exact sign-flip p (2/2^n) falls below `alpha`."""
+    return math.floor(math.log2(2 / alpha)) + 1

@@ -13,7 +13,8 @@ from rich.console import Console
 from orchestrator import stats
 from orchestrator.compare import cell_summary_metrics, compare
 from orchestrator.records import TrialRecord
-from orchestrator.report import print_report, to_csv, to_json, to_markdown, write_report
+from orchestrator.report import print_report, to_csv, to_dict, to_json, to_markdown, write_report
+from orchestrator.wording import rules, verdict, verdicts
 
 FN, TYPE = "model.encoder.final_norm", "model.encoder.type"
 ACC, LOSS, VAR = "eval/exact_accuracy", "train/lm_loss", "encoder_cross_sample_var"
@@ -80,17 +81,17 @@ def test_incomplete_pair_uses_permutation_test_and_verdict_counts_failures(two_c
     assert r.p == pytest.approx(17 / 35) and r.min_p == pytest.approx(1 / 35)
     assert r.ci_t == pytest.approx(stats.welch_interval(t, c))
     assert comp.family_size == 1 and r.p_holm == pytest.approx(r.p)  # a family of one: Holm changes nothing
-    assert "final_norm=false diverged in 1/4 seeds" in r.verdict
-    assert "final_norm=true: 1 failed excluded" in r.verdict
-    assert "unpaired permutation test: seeds [3] lack a partner" in r.verdict
-    assert "not significant (p=0.49 after Holm)" in r.verdict
+    assert "final_norm=false diverged in 1/4 seeds" in verdict(r, comp)
+    assert "final_norm=true: 1 failed excluded" in verdict(r, comp)
+    assert "unpaired permutation test: seeds [3] lack a partner" in verdict(r, comp)
+    assert "not significant (p=0.49 after Holm)" in verdict(r, comp)
     loss = next(r for r in comp.contrasts if r.metric == LOSS)
     assert loss.method == "unpaired permutation" and loss.p_holm is None and not loss.significant
-    assert loss.verdict.startswith("(exploratory) final_norm=true lowers train/lm_loss by 0.375 [")
-    assert "uncorrected" in loss.verdict and "significant" not in loss.verdict
+    assert verdict(loss, comp).startswith("(exploratory) final_norm=true lowers train/lm_loss by 0.375 [")
+    assert "uncorrected" in verdict(loss, comp) and "significant" not in verdict(loss, comp)
     var = next(r for r in comp.contrasts if r.metric == VAR)
     assert var.scale_ratio == pytest.approx(np.sqrt(np.mean([0.1, 0.11, 0.12]) / np.mean([1.0, 1.1, 1.2, 1.3])))
-    assert "improved" not in var.verdict  # unknown direction: never 'improved'
+    assert "improved" not in verdict(var, comp)  # unknown direction: never 'improved'
 
 
 def _holm_sweep() -> list[TrialRecord]:
@@ -114,14 +115,14 @@ def test_holm_family_is_the_primary_metrics_contrasts():
     # monotone). Were the 3 loss tests in the family, a's would be 6 x 2/64 = 0.1875.
     assert {k: r.p_holm for k, r in acc.items()} == pytest.approx({"a": 0.09375, "b": 0.125, "c": 0.15625})
     assert comp.family_size == 3 and all(r.confirmatory for r in acc.values())
-    assert "not significant (p=0.094 after Holm)" in acc["a"].verdict
+    assert "not significant (p=0.094 after Holm)" in verdict(acc["a"], comp)
     for loss in (r for r in comp.contrasts if r.metric == LOSS):
         assert not loss.confirmatory and loss.p == pytest.approx(2 / 64) and loss.p_holm is None
         assert not loss.significant  # raw p < 0.05, but exploratory
-        assert f"(exploratory) final_norm=true lowers {LOSS} by " in loss.verdict
-        assert "p=0.031 uncorrected, 6/6 seeds improved" in loss.verdict and "significant" not in loss.verdict
-    assert comp.rules["holm"].startswith(f"Primary (confirmatory) metric: {ACC}, the first metric listed. ")
-    assert "one per contrast (family size 3)" in comp.rules["holm"] and f"({LOSS}) are exploratory" in comp.rules["holm"]
+        assert f"(exploratory) final_norm=true lowers {LOSS} by " in verdict(loss, comp)
+        assert "p=0.031 uncorrected, 6/6 seeds improved" in verdict(loss, comp) and "significant" not in verdict(loss, comp)
+    assert rules(comp)["holm"].startswith(f"Primary (confirmatory) metric: {ACC}, the first metric listed. ")
+    assert "one per contrast (family size 3)" in rules(comp)["holm"] and f"({LOSS}) are exploratory" in rules(comp)["holm"]
     md = to_markdown(comp)
     assert md.index(f"## Verdicts: {ACC} (primary, Holm-corrected)") < md.index("## Exploratory verdicts")
     assert md.count("| exploratory, not corrected |") == 3  # the loss table's p (Holm) column
@@ -152,16 +153,16 @@ def test_paired_contrast_significant_and_not():
     assert r.method == "paired sign-flip" and r.paired_seeds == list(range(8))
     assert r.p == pytest.approx(2 / 256) and r.p_holm == pytest.approx(2 * 2 / 256)  # family: 2 accuracy tests
     assert r.n_higher == 8 and r.prob_higher == 1.0
-    assert r.verdict.startswith("[type=standard] final_norm=true raises eval/exact_accuracy by 12.")
-    assert " points [" in r.verdict and "after Holm, 8/8 seeds improved" in r.verdict
+    assert verdict(r, comp).startswith("[type=standard] final_norm=true raises eval/exact_accuracy by 12.")
+    assert " points [" in verdict(r, comp) and "after Holm, 8/8 seeds improved" in verdict(r, comp)
     loss = next(r for r in comp.contrasts if r.metric == LOSS and r.context == {TYPE: "hybrid"})
-    assert loss.verdict.startswith("[type=hybrid] (exploratory) final_norm=true lowers train/lm_loss by 0.125 [")
-    assert "p=0.0078 uncorrected, 8/8 seeds improved" in loss.verdict and "significant" not in loss.verdict
+    assert verdict(loss, comp).startswith("[type=hybrid] (exploratory) final_norm=true lowers train/lm_loss by 0.125 [")
+    assert "p=0.0078 uncorrected, 8/8 seeds improved" in verdict(loss, comp) and "significant" not in verdict(loss, comp)
 
     few = compare(_grid(4, 0.125), axes=[FN, TYPE], contrast=CONTRAST, metrics=[ACC])
     r = few.contrasts[0]
-    assert r.p == 0.125 and "not significant" in r.verdict
-    assert "4 pairs cannot give p below 0.125" in r.verdict
+    assert r.p == 0.125 and "not significant" in verdict(r, few)
+    assert "4 pairs cannot give p below 0.125" in verdict(r, few)
 
 
 def test_an_arm_without_trials_is_reported_not_an_error():
@@ -171,7 +172,7 @@ def test_an_arm_without_trials_is_reported_not_an_error():
     assert len(comp.cells) == 2 and len(comp.contrasts) == 2 and comp.family_size == 0
     for r in comp.contrasts:
         assert r.method == "none" and (r.n_treatment, r.n_control) == (3, 0) and r.control_cell is None
-        assert "no test" in r.verdict and "final_norm=false has no trials" in r.verdict
+        assert "no test" in verdict(r, comp) and "final_norm=false has no trials" in verdict(r, comp)
 
 
 def test_best_selection_uses_step_of_best_validation():
@@ -179,7 +180,7 @@ def test_best_selection_uses_step_of_best_validation():
     comp = compare([rec], axes=[FN], contrast=None, metrics=[ACC, LOSS], selection="best")
     m = comp.cells[0].metrics
     assert m[ACC].values == {0: 0.6} and m[LOSS].values == {0: 1.5}
-    assert "optimistic" in comp.rules["selection"].lower()
+    assert "optimistic" in rules(comp)["selection"].lower()
     assert compare([rec], axes=[FN], contrast=None, metrics=[ACC]).cells[0].metrics[ACC].values == {0: 0.4}
 
 
@@ -195,9 +196,10 @@ def test_invalid_input_is_named():
 
 def test_json_round_trip_and_summary_metrics(two_cells):
     comp = compare(two_cells, axes=[FN], contrast=CONTRAST, metrics=METRICS + ["ARC/pass@1"])
-    data = comp.to_dict()
+    data = to_dict(comp)
     assert json.loads(to_json(comp)) == data  # strict JSON: NaN became null
-    assert len(data["cells"]) == 2 and len(data["contrasts"]) == 4 and data["verdicts"] == comp.verdicts
+    assert "verdict" not in json.dumps(comp.to_dict())  # the numbers alone; words come from wording.py
+    assert len(data["cells"]) == 2 and len(data["contrasts"]) == 4 and data["verdicts"] == verdicts(comp)
     assert set(data["rules"]) >= {"selection", "diverged", "excluded", "test", "holm", "intervals"}
     summary = cell_summary_metrics(comp, "cell-False")
     assert summary[f"{ACC}/n"] == 4 and summary[f"{ACC}/mean"] == pytest.approx(0.3375)
@@ -211,10 +213,10 @@ def test_renderers_and_write_report(two_cells, tmp_path):
     assert len(rows) == 2 * len(METRICS)
     row = next(r for r in rows if r["cell_id"] == "cell-False" and r["metric"] == ACC)
     assert (row["n"], row["diverged_in_n"], row["failed"]) == ("4", "1", "0")
-    assert comp.verdicts[0] in to_markdown(comp)
+    assert verdicts(comp)[0] in to_markdown(comp)
     console = Console(record=True, width=300)
     print_report(comp, console)
-    assert comp.verdicts[0] in console.export_text()
+    assert verdicts(comp)[0] in console.export_text()
 
     paths = write_report(comp, two_cells, tmp_path)
     expected = {"report.html", "report.md", "cells.csv", "comparison.json", "curves_eval_exact_accuracy.png",
@@ -222,10 +224,10 @@ def test_renderers_and_write_report(two_cells, tmp_path):
     assert expected <= set(paths) and all(p.exists() and p.stat().st_size > 0 for p in paths.values())
     assert all(p.read_bytes().startswith(b"\x89PNG") for n, p in paths.items() if n.endswith(".png"))
     page = paths["report.html"].read_text()
-    assert html.escape(comp.verdicts[0]) in page
+    assert html.escape(verdicts(comp)[0]) in page
     assert page.count("data:image/png;base64,") == sum(n.endswith(".png") for n in paths)
     assert "<script" not in page and "src=\"http" not in page  # self-contained
-    assert json.loads(paths["comparison.json"].read_text()) == comp.to_dict()
+    assert json.loads(paths["comparison.json"].read_text()) == to_dict(comp)
     assert not any(math.isnan(float(r["mean"])) for r in rows)
 
 

@@ -1,0 +1,188 @@
+"""The comparison in words: display units, one verdict sentence per contrast, and the rules that made
+every number. compare.py computes; the renderers (report.py, plots.py) call this module, so a sentence or a
+unit changes in one place and the numbers never depend on how they are said."""
+from __future__ import annotations
+
+import math
+
+from orchestrator import stats
+from orchestrator.compare import ALPHA, VARIANCES, Cell, Comparison, ContrastResult
+from orchestrator.records import HIGHER_IS_BETTER, LOWER_IS_BETTER, matches
+from orchestrator.spec import show_value
+
+FRACTIONS = ("*accuracy", "ARC/pass@*")  # shown in %, differences in percentage points
+
+
+def is_fraction(metric: str) -> bool:
+    return matches(metric, FRACTIONS)
+
+
+def format_value(metric: str, x: float | None, diff: bool = False) -> str:
+    """One number in the metric's display unit: fractions as % (levels) or points (differences)."""
+    if x is None or not math.isfinite(x):
+        return "n/a" if x is None or math.isnan(x) else ("+inf" if x > 0 else "-inf")
+    if is_fraction(metric):
+        return f"{100 * x:+.1f}" if diff else f"{100 * x:.1f}%"
+    return f"{x:+.3g}" if diff else f"{x:.4g}"
+
+
+def format_interval(metric: str, ci: tuple[float, float] | None, diff: bool = False) -> str:
+    if ci is None or not all(map(math.isfinite, ci)):
+        return "n/a"
+    lo, hi = (format_value(metric, x, diff).lstrip("+") for x in ci)
+    return f"[{lo}, {hi}]"
+
+
+def format_ratio(x: float | None, ci: tuple[float, float] | None) -> str:
+    """A ratio with its bootstrap CI when there is one (None below stats.MIN_BOOTSTRAP_N)."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    return f"{x:.3g}" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.2g}"
+
+
+def p_text(r: ContrastResult) -> str:
+    """The p-value a reader may quote: Holm-adjusted for the primary metric, raw and said so otherwise."""
+    if r.method == "none":
+        return "no test"
+    return f"{_p(r.p_holm)} after Holm" if r.confirmatory else f"{_p(r.p)} uncorrected"
+
+
+def _arm_notes(cell: Cell | None, label: str, metric: str) -> list[str]:
+    """Diverged, excluded and value-less trials of one arm: shown in every verdict that they touch."""
+    if cell is None:
+        return [f"{label} has no trials"]
+    notes, total = [], len(cell.status)
+    summary = cell.metrics[metric]
+    if summary.diverged_seeds:
+        notes.append(f"{label} diverged in {len(summary.diverged_seeds)}/{total} seeds")
+    excluded = [f"{len(cell.seeds(s))} {s}" for s in ("failed", "running", "stopped") if cell.seeds(s)]
+    if excluded:
+        notes.append(f"{label}: {' and '.join(excluded)} excluded")
+    if summary.missing_seeds:
+        notes.append(f"{label}: no {metric} value for seeds {summary.missing_seeds}")
+    return notes
+
+
+def verdict(r: ContrastResult, comparison: Comparison) -> str:
+    """One plain sentence: size with its 95% t CI, p (Holm for the primary metric, raw and marked
+    exploratory otherwise), seeds that moved the better way, and failures."""
+    cells = {c.cell_id: c for c in comparison.cells}
+    m = r.metric
+    head = f"[{r.context_label}] " if r.context_label else ""
+    head += "" if r.confirmatory else "(exploratory) "
+    notes = _arm_notes(cells.get(r.treatment_cell), r.treatment_label, m)
+    notes += _arm_notes(cells.get(r.control_cell), r.control_label, m)
+    tail = "".join(f"; {n}" for n in notes)
+    if r.method == "none":
+        return (
+            f"{head}{r.treatment_label} vs {r.control_label} on {m}: no test, too few usable seeds "
+            f"({r.n_treatment} vs {r.n_control}){tail}"
+        )
+    unit = " points" if is_fraction(m) else ""
+    ci = format_interval(m, r.ci_t, diff=True)
+    if r.method == "paired sign-flip":
+        n = len(r.paired_seeds)
+        if r.direction:
+            seeds = f"{r.n_higher if r.direction > 0 else r.n_lower}/{n} seeds improved"
+        else:
+            seeds = f"higher in {r.n_higher}/{n} seeds" if r.diff >= 0 else f"lower in {r.n_lower}/{n} seeds"
+        floor = f"{n} pairs"
+    else:
+        prob = r.prob_higher if r.direction >= 0 else 1 - r.prob_higher
+        what = "improvement" if r.direction else "treatment higher"
+        unpaired = r.treatment_only_seeds + r.control_only_seeds
+        seeds = f"P({what})={prob:.2f} (unpaired permutation test: seeds {sorted(unpaired)} lack a partner)"
+        floor = f"{r.n_treatment} vs {r.n_control} seeds"
+    if r.scale_ratio is not None:
+        seeds += f", implied SD ratio {format_ratio(r.scale_ratio, r.scale_ratio_ci)}"
+    p = p_text(r) + (f"; {floor} cannot give p below {r.min_p:.3g}" if r.min_p >= ALPHA else "")
+    if r.significant or (not r.confirmatory and r.diff != 0):
+        verb = "raises" if r.diff > 0 else "lowers"
+        size = format_value(m, abs(r.diff), diff=True).lstrip("+")
+        return f"{head}{r.treatment_label} {verb} {m} by {size}{unit} {ci} vs {r.control_label}, {p}, {seeds}{tail}"
+    outcome = f"not significant ({p})" if r.confirmatory else p
+    return (
+        f"{head}{r.treatment_label} vs {r.control_label} on {m}: {format_value(m, r.diff, diff=True)}{unit} {ci}, "
+        f"{outcome}, {seeds}{tail}"
+    )
+
+
+def verdicts(comparison: Comparison) -> list[str]:
+    return [verdict(r, comparison) for r in comparison.contrasts]
+
+
+def rules(comparison: Comparison) -> dict[str, str]:
+    """How every number was made, in words, for the report: each rule that decides what enters a number."""
+    selection, metrics, contrast = comparison.selection, comparison.metrics, comparison.contrast
+    n_contexts, family_size = comparison.n_contexts, comparison.family_size
+    untested = n_contexts - family_size
+    b = stats.MIN_BOOTSTRAP_N
+    rules = {
+        "selection": (
+            "final: each trial contributes the last finite value it logged for each metric."
+            if selection == "final"
+            else f"best: each trial contributes every metric as logged at the step where its {metrics[0]} was best "
+            "(earliest such step). Optimistic: the eval puzzles that choose the step are the puzzles scored "
+            "(validation = test), so these numbers are biased upward."
+        )
+        + " The same rule for every variant.",
+        "diverged": "Diverged trials (loss became non-finite) stay in every statistic with their last finite value "
+        "under the selection rule, and are counted per cell and in the verdicts. Dropping them would compare "
+        "survivors only and flatter the variant that diverges; a diverged run's last finite accuracy is an upper "
+        "bound on what it delivers, so the rule favours the unstable variant, never the fix.",
+        "excluded": "Failed (crashed), still-running and early-stopped (ASHA) trials are excluded from every statistic and counted per "
+        "cell; a finished or diverged trial without a finite value of a metric is counted as 'no value' for it. "
+        "Nothing is dropped silently.",
+        "intervals": "95% CI (t): mean +- t(0.975, n-1) s/sqrt(n), exact for normal data; the verdicts quote it. "
+        f"95% CI (bootstrap): expanded percentile bootstrap (Hesterberg 2015; {stats.N_BOOT} seeded resamples), "
+        f"shown when n >= {b}, where it covered 94.9% in simulation (normal data; 92% at n=5, where plain "
+        "percentile and BCa intervals cover 85%).",
+        "directions": "Higher is better: " + ", ".join(HIGHER_IS_BETTER) + "; lower is better: "
+        + ", ".join(LOWER_IS_BETTER) + "; other metrics are tested two-sided and reported as higher/lower, never "
+        "'improved'. Fractions are shown in %, their differences in percentage points.",
+    }
+    if contrast is None:
+        return rules
+    axis, treatment, control = contrast
+    exploratory = metrics[1:]
+    rules |= {
+        "contrast": f"{axis}={show_value(treatment)} (treatment) vs {axis}={show_value(control)} (control), within each of "
+        f"the {n_contexts} combinations of the other axes; difference = treatment - control.",
+        "test": "Paired by seed when every usable seed of one arm has its partner: exact two-sided sign-flip "
+        f"permutation test on the per-seed differences (all 2^n sign patterns up to n={stats.MAX_EXACT_FLIPS}, "
+        f"{stats.N_RANDOM_DRAWS} seeded random patterns beyond); effect size d_z = mean difference / SD of the "
+        "differences; 'k/n seeds improved' counts pairs that moved the better way. When some seed lacks its "
+        "partner: two-sided two-sample permutation test of the difference in means on all usable values (drops "
+        "nothing, ignores the pairing): p = share of the C(n_t+n_c, n_t) relabelings of the pooled values whose "
+        f"|mean_t - mean_c| reaches the observed one, all enumerated up to {stats.MAX_EXACT_RELABELINGS} "
+        f"relabelings, else {stats.N_RANDOM_DRAWS} seeded random relabelings with p = (count+1)/(draws+1). It "
+        "assumes no normality but tests exchangeable arms (same distribution), so a difference in spread alone "
+        "can move it. Its interval is Welch's t interval (unequal variances, Welch-Satterthwaite df); effect size "
+        "d_av = difference / sqrt((s_t^2 + s_c^2)/2), P(improvement) = share of (treatment, control) pairs "
+        "where treatment is better, ties half.",
+        "holm": f"Primary (confirmatory) metric: {metrics[0]}, the first metric listed. Holm-Bonferroni over "
+        f"its tests, one per contrast (family size {family_size}"
+        + (f": {untested} without enough data left out" if untested else "")
+        + ")"
+        + f"; significant means Holm-adjusted p < {ALPHA}."
+        + (
+            f" The other metrics ({', '.join(exploratory)}) are exploratory: their p-values "
+            "are raw, not corrected for multiple testing; their verdicts are marked (exploratory) and never called "
+            "significant or not significant."
+            if exploratory
+            else ""
+        ),
+        "power": "The exact tests have a floor: with n pairs the sign-flip test cannot give p below 2/2^n (5 "
+        "pairs: 0.0625, 6: 0.031), the unpaired permutation test not below 1/C(n_t+n_c, n_t) (2/C when "
+        f"n_t = n_c; 3 vs 3 seeds: 0.1). For the smallest paired p to survive Holm over a family of "
+        f"{family_size} primary tests needs at least {stats.sign_flip_pairs_needed(ALPHA / max(family_size, 1))} pairs.",
+        "ratios": "SD ratio: seed-to-seed SD of the treatment / of the control, with a percentile bootstrap CI "
+        f"(pairs resampled together) when n >= {b}; approximate, it covers about 90% at 8-20 seeds in "
+        "simulation. Variance metrics (" + ", ".join(VARIANCES) + ") also get the scale ratio "
+        "sqrt(mean_t / mean_c): the ratio of standard deviations the metric itself measures.",
+    }
+    return rules
