@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from etrm.metrics import METRICS
+
 # Train metrics averaged over the samples that halted in the log window, as TRM reports them.
-HALTED_METRICS = (
-    "train/lm_loss",
-    "train/q_halt_loss",
-    "train/kl_loss",
-    "train/accuracy",
-    "train/exact_accuracy",
-    "train/q_halt_accuracy",
-    "train/steps",
-)
+HALTED_METRICS = tuple(name for name, m in METRICS.items() if m.halted)
 
 
 class HaltedMeans:

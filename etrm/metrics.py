@@ -1,38 +1,112 @@
-"""Metric names: the one place they are documented.
+"""Every metric a trial logs, in one table: its name, which way is better, its unit, its kind, whether
+it is averaged over halted samples, and what it means.
 
-Names follow the research code (etrm-reference.md §9) so runs can be compared with
-TRM/ETRM logs. This module is plain data, so the sweep driver, the spec checker and
-the docs read it without loading torch; etrm.diagnostics computes the tensors.
+The trainer logs these names; the spec checker, the comparison (directions, display units, which
+metrics are variances), the plots, the Optuna searcher and ASHA (which way to optimise) all read this
+table, and README's metric table is generated from it. Names follow the research code (etrm-reference.md
+§9) so runs compare with TRM/ETRM logs. Plain data, no torch: the sweep driver reads it without loading
+torch; etrm.diagnostics computes the tensors.
 """
 
-METRICS: dict[str, str] = {
-    # Training: averaged over the samples that HALTED during the log window (as TRM does), so an
-    # ACT sample is counted once, with its final answer, and the numbers are comparable with TRM's.
-    "train/lm_loss": "LM loss (stable-max or softmax CE, mean over non-PAD tokens) per halted sample.",
-    "train/q_halt_loss": "Halting-head BCE (q_halt vs 'every token correct') per halted sample.",
-    "train/kl_loss": "KL(q(z|demos) || N(0, I)) per halted sample; 0 for deterministic encoders.",
-    "train/accuracy": "Token accuracy of halted samples (PAD ignored, EOS counts).",
-    "train/exact_accuracy": "Fraction of halted samples whose every token is correct.",
-    "train/q_halt_accuracy": "Fraction of halted samples where (q_halt > 0) agrees with exact correctness.",
-    "train/steps": "Mean ACT steps taken by the halted samples.",
-    "train/lr": "Base learning rate at this step (encoder groups use lr × train.encoder_lr_scale).",
-    "grad/total_norm": "Global gradient norm BEFORE clipping (so it can exceed train.grad_clip).",
-    "grad/encoder_norm": "Gradient norm of the encoder parameters, before clipping.",
-    "grad/decoder_norm": "Gradient norm of the decoder parameters, before clipping (0 when frozen).",
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Better = Literal["higher", "lower"] | None
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    better: Better  # None: no better direction; compared two-sided, never called "improved", not optimisable
+    unit: str  # "fraction" is shown in %, its differences in points; "1": scale-free; "scale": the context's units
+    kind: str  # what sort of number: loss, accuracy, variance (the comparison adds the SD ratio it implies), ...
+    halted: bool  # averaged over the samples that halted in the log window (as TRM reports train metrics)
+    description: str
+
+    @property
+    def direction(self) -> int:
+        """+1 higher is better, -1 lower is better, 0 neither."""
+        return {"higher": 1, "lower": -1, None: 0}[self.better]
+
+    @property
+    def mode(self) -> Literal["max", "min"] | None:
+        """What an optimiser (Optuna, ASHA) does with it; None: it has no better direction to optimise."""
+        return {"higher": "max", "lower": "min", None: None}[self.better]
+
+
+_TABLE = [
+    # Training: averaged over the samples that HALTED during the log window (as TRM does), so an ACT sample is
+    # counted once, with its final answer, and the numbers are comparable with TRM's.
+    Metric("train/lm_loss", "lower", "nats", "loss", True,
+           "LM loss (stable-max or softmax CE, mean over non-PAD tokens) per halted sample."),
+    Metric("train/q_halt_loss", "lower", "nats", "loss", True,
+           "Halting-head BCE (q_halt vs 'every token correct') per halted sample."),
+    Metric("train/kl_loss", None, "nats", "loss", True,
+           "KL(q(z|demos) || N(0, I)) per halted sample; 0 for deterministic encoders. A regulariser's size, "
+           "not a quality: no better direction."),
+    Metric("train/accuracy", "higher", "fraction", "accuracy", True,
+           "Token accuracy of halted samples (PAD ignored, EOS counts)."),
+    Metric("train/exact_accuracy", "higher", "fraction", "accuracy", True,
+           "Fraction of halted samples whose every token is correct."),
+    Metric("train/q_halt_accuracy", "higher", "fraction", "accuracy", True,
+           "Fraction of halted samples where (q_halt > 0) agrees with exact correctness."),
+    Metric("train/steps", None, "ACT steps", "count", True, "Mean ACT steps taken by the halted samples."),
+    Metric("train/lr", None, "lr", "schedule", False,
+           "Base learning rate at this step (encoder groups use lr × train.encoder_lr_scale)."),
+    Metric("grad/total_norm", None, "grad norm", "norm", False,
+           "Global gradient norm BEFORE clipping (so it can exceed train.grad_clip)."),
+    Metric("grad/encoder_norm", None, "grad norm", "norm", False,
+           "Gradient norm of the encoder parameters, before clipping."),
+    Metric("grad/decoder_norm", None, "grad norm", "norm", False,
+           "Gradient norm of the decoder parameters, before clipping (0 when frozen)."),
     # Encoder diagnostics on the context c (B, T, D) of the current batch at the log step.
-    "encoder_output_mean": "Mean of the context tokens' entries.",
-    "encoder_output_std": "Std of the context tokens' entries.",
-    "encoder_output_norm": "Mean L2 norm of a context token.",
-    "encoder_cross_sample_var": "Variance across the batch, averaged over T and D (high = unstable encoder).",
-    "encoder_token_std": "Std across the T context tokens, averaged over samples and D (0 = tokens collapsed).",
-    "encoder_output_scale": "RMS of the context per sample, mean over the batch; hybrid_variational's output "
-    "is not normalised, so read its cross-sample variance against this.",
+    Metric("encoder_output_mean", None, "scale", "level", False, "Mean of the context tokens' entries."),
+    Metric("encoder_output_std", None, "scale", "spread", False, "Std of the context tokens' entries."),
+    Metric("encoder_output_norm", None, "scale", "norm", False, "Mean L2 norm of a context token."),
+    Metric("encoder_cross_sample_var", None, "scale²", "variance", False,
+           "Variance across the batch, averaged over T and D (high = unstable encoder)."),
+    Metric("encoder_token_std", None, "scale", "spread", False,
+           "Std across the T context tokens, averaged over samples and D (0 = tokens collapsed)."),
+    Metric("encoder_output_scale", None, "scale", "norm", False,
+           "RMS of the context per sample, mean over the batch; hybrid_variational's output is not normalised, so "
+           "read its cross-sample variance against this."),
     # Evaluation on held-out puzzles (voting over augmented variants, full halt_max_steps).
-    "eval/accuracy": "Token accuracy over every eval row (all augmented variants, before voting), PAD ignored.",
-    "eval/exact_accuracy": "Fraction of eval rows (all augmented variants, before voting) solved exactly.",
-    "ARC/pass@1": "Mean over the puzzles evaluated of the fraction of test pairs whose top voted answer is right.",
-    "ARC/pass@2": "As pass@1, with the right answer among the top 2 voted.",
-    "ARC/pass@5": "As pass@1, with the right answer among the top 5 voted.",
-    "perf/samples_per_s": "Training batch rows processed per second over the log window (eval excluded).",
-    "diverged_at_step": "Step at which the training loss became NaN/Inf (logged only for diverged trials).",
-}
+    Metric("eval/accuracy", "higher", "fraction", "accuracy", False,
+           "Token accuracy over every eval row (all augmented variants, before voting), PAD ignored."),
+    Metric("eval/exact_accuracy", "higher", "fraction", "accuracy", False,
+           "Fraction of eval rows (all augmented variants, before voting) solved exactly."),
+    Metric("ARC/pass@1", "higher", "fraction", "accuracy", False,
+           "Mean over the puzzles evaluated of the fraction of test pairs whose top voted answer is right."),
+    Metric("ARC/pass@2", "higher", "fraction", "accuracy", False, "As pass@1, with the right answer among the top 2 voted."),
+    Metric("ARC/pass@5", "higher", "fraction", "accuracy", False, "As pass@1, with the right answer among the top 5 voted."),
+    Metric("perf/samples_per_s", "higher", "rows/s", "rate", False,
+           "Training batch rows processed per second over the log window (eval excluded)."),
+    Metric("diverged_at_step", None, "step", "step", False,
+           "Step at which the training loss became NaN/Inf (logged only for diverged trials)."),
+]
+METRICS: dict[str, Metric] = {m.name: m for m in _TABLE}
+
+
+def metric(name: str) -> Metric | None:
+    """The table's entry for `name`, or None for a name the trainer does not log."""
+    return METRICS.get(name)
+
+
+def direction(name: str) -> int:
+    """+1 higher is better, -1 lower is better, 0 neither or not a known metric."""
+    m = METRICS.get(name)
+    return m.direction if m else 0
+
+
+def is_fraction(name: str) -> bool:
+    """Shown in %, its differences in percentage points."""
+    m = METRICS.get(name)
+    return m is not None and m.unit == "fraction"
+
+
+def is_variance(name: str) -> bool:
+    """A variance: the comparison also reports the ratio of standard deviations it implies."""
+    m = METRICS.get(name)
+    return m is not None and m.kind == "variance"

@@ -18,7 +18,8 @@ import numpy as np
 
 from orchestrator import stats
 from orchestrator.plan import short_names
-from orchestrator.records import STATUSES, TrialRecord, direction, matches, mlflow_metric_name
+from etrm.metrics import direction, is_variance
+from orchestrator.records import STATUSES, TrialRecord, mlflow_metric_name
 from orchestrator.spec import show_value
 
 DEFAULT_METRICS = [
@@ -33,7 +34,6 @@ DEFAULT_METRICS = [
 SELECTIONS = ("final", "best")
 ALPHA = 0.05
 
-VARIANCES = ("*_var",)  # a variance: also report the SD ratio it implies
 
 
 @dataclass
@@ -312,7 +312,7 @@ def _contrast(
         )  # fmt: skip
     sd_ratio, sd_ratio_ci = stats.bootstrap_ratio(t, c, stats.sd, rng, paired=is_paired)
     scale_ratio, scale_ratio_ci = (None, None)
-    if matches(metric, VARIANCES):
+    if is_variance(metric):
         scale_ratio, scale_ratio_ci = stats.bootstrap_ratio(t, c, stats.root_mean, rng, paired=is_paired)
     return ContrastResult(
         **common,

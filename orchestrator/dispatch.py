@@ -190,7 +190,8 @@ def optuna_search(spec: SweepSpec, store: SweepStore) -> Search:
             points.append({f"sample/{k}": record.variant[k] for k in optuna.space})  # Tune's flattened names
             rewards.append(record.final[optuna.metric])
     # The sampler's seed moves on with the study's size: the same seed would redraw the first points.
-    searcher = OptunaSearch(metric="etrm/score", mode=optuna.mode, seed=spec.seeds[0] + len(points),
+    _, mode = spec.primary_metric()
+    searcher = OptunaSearch(metric="etrm/score", mode=mode, seed=spec.seeds[0] + len(points),
                             points_to_evaluate=points or None, evaluated_rewards=rewards or None)
 
     def resolve(params: dict[str, Any]) -> PlannedTrial:

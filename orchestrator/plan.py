@@ -57,8 +57,9 @@ class Plan:
         """`4 cells x 3 seeds = 12 trials`, or what optuna will sample."""
         if self.spec.search != "grid":
             opt = self.spec.search.optuna
+            metric, mode = self.spec.primary_metric()
             return (f"optuna samples {opt.num_samples} trials over {', '.join(opt.space)} "
-                    f"(seed {self.spec.seeds[0]}, {opt.mode}imising {opt.metric})")
+                    f"(seed {self.spec.seeds[0]}, {mode}imising {metric})")
         text = f"{len(self.cells)} cells x {len(self.spec.seeds)} seeds = {len(self.trials)} trials"
         return text + (f" ({self.excluded_cells} cells excluded)" if self.excluded_cells else "")
 

@@ -1,10 +1,9 @@
-"""What a trial left behind, as the comparison sees it (tracking.py builds these from MLflow runs), and
-which way its metrics are better. Plain data: the sweep driver reads it before any trial starts."""
+"""What a trial left behind, as the comparison sees it (tracking.py builds these from MLflow runs).
+Plain data: the sweep driver reads it before any trial starts."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 STATUSES = ("finished", "failed", "diverged", "running", "stopped")  # stopped: cut early by ASHA
@@ -28,16 +27,3 @@ def mlflow_metric_name(name: str) -> str:
     """MLflow rejects '@' (and anything outside [/\\w.\\- :]), so `ARC/pass@1` is logged as `ARC/pass_at_1`."""
     return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
 
-
-# Which way is better; metrics matching neither are tested two-sided and never called "improved".
-HIGHER_IS_BETTER = ("*accuracy", "ARC/pass@*")
-LOWER_IS_BETTER = ("*loss",)
-
-
-def matches(metric: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(metric, p) for p in patterns)
-
-
-def direction(metric: str) -> int:
-    """+1 higher is better, -1 lower is better, 0 unknown."""
-    return 1 if matches(metric, HIGHER_IS_BETTER) else -1 if matches(metric, LOWER_IS_BETTER) else 0

@@ -35,7 +35,6 @@ from pydantic import (
 
 from etrm.config import ConfigError, build_config, config_keys
 from etrm.metrics import METRICS
-from orchestrator.records import direction
 
 DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var")
 
@@ -119,7 +118,10 @@ class Optuna(Strict):
 
     num_samples: int = Field(ge=1, description="Trials to sample.")
     metric: str | None = Field(None, description="Metric to optimise (default: the first of `metrics`).")
-    mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
+    mode: Literal["max", "min"] | None = Field(
+        None, description="Maximise or minimise the metric (default: its better direction in etrm.metrics.METRICS; "
+        "required for a metric that has none)."
+    )
     space: dict[str, Distribution] = Field(description="Dotted trial-config key -> its distribution.")
 
     @field_validator("space")
@@ -245,7 +247,8 @@ class SweepSpec(Strict):
                 problems += _cell_problems(self)
         else:
             problems += _optuna_problems(self)
-        problems += _metric_problems(self)
+        metric_problems = _metric_problems(self)
+        problems += metric_problems or _direction_problems(self)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         if self.tracking.experiment is None:
@@ -261,12 +264,14 @@ class SweepSpec(Strict):
         """Cells before exclusions."""
         return math.prod(len(values) for values in self.axes.values())
 
-    def primary_metric(self) -> tuple[str, Literal["max", "min"]]:
-        """(metric, mode) that optuna and ASHA optimise: optuna's own, else the first of `metrics` in its
-        natural direction (losses down, accuracies up; see records.direction)."""
+    def primary_metric(self) -> tuple[str, Literal["max", "min"] | None]:
+        """(metric, mode) that Optuna and ASHA optimise: Optuna's metric and mode, else the first of `metrics`;
+        a mode left unset is the metric's better direction (etrm.metrics.METRICS). None only for a grid
+        without ASHA, where nothing optimises: validation refuses Optuna and ASHA without a mode."""
         if self.search == "grid":
-            return self.metrics[0], "min" if direction(self.metrics[0]) < 0 else "max"
-        return self.search.optuna.metric, self.search.optuna.mode
+            return self.metrics[0], METRICS[self.metrics[0]].mode
+        opt = self.search.optuna
+        return opt.metric, opt.mode or METRICS[opt.metric].mode
 
 
 def _matches(cell: dict[str, Any], entry: dict[str, Any]) -> bool:
@@ -409,6 +414,20 @@ def _scheduler_problems(spec: SweepSpec) -> list[str]:
             "scheduler: asha stops trials early on an interim metric, so in an ablation one arm of the contrast would be "
             "cut short on some seeds and not on others, biasing the paired comparison; use `scheduler: none`"
         ]
+    return []
+
+
+def _direction_problems(spec: SweepSpec) -> list[str]:
+    """Optuna and ASHA need to know which way the metric they rank trials by is better (after _metric_problems)."""
+    if spec.search != "grid":
+        opt = spec.search.optuna
+        if opt.mode is None and METRICS[opt.metric].mode is None:
+            return [f"search.optuna.mode: {opt.metric} has no better direction (etrm.metrics.METRICS); "
+                    "set mode: max or mode: min"]
+        return []
+    if spec.scheduler == "asha" and METRICS[spec.metrics[0]].mode is None:
+        return [f"scheduler: asha ranks trials by {spec.metrics[0]}, which has no better direction (etrm.metrics.METRICS); "
+                "list a metric with one first in `metrics` (an accuracy or a loss)"]
     return []
 
 

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import math
 
+from etrm.metrics import METRICS, is_fraction, is_variance
 from orchestrator import stats
-from orchestrator.compare import ALPHA, VARIANCES, Cell, Comparison, ContrastResult
-from orchestrator.records import HIGHER_IS_BETTER, LOWER_IS_BETTER, matches
+from orchestrator.compare import ALPHA, Cell, Comparison, ContrastResult
 from orchestrator.spec import show_value
 
-FRACTIONS = ("*accuracy", "ARC/pass@*")  # shown in %, differences in percentage points
-
-
-def is_fraction(metric: str) -> bool:
-    return matches(metric, FRACTIONS)
 
 
 def format_value(metric: str, x: float | None, diff: bool = False) -> str:
@@ -115,6 +110,17 @@ def verdicts(comparison: Comparison) -> list[str]:
     return [verdict(r, comparison) for r in comparison.contrasts]
 
 
+def _directions(metrics: list[str]) -> str:
+    """Which way each compared metric is better, as the metric table (etrm/metrics.py) says."""
+    groups: dict[str | None, list[str]] = {"higher": [], "lower": [], None: []}
+    for m in metrics:
+        groups[METRICS[m].better if m in METRICS else None].append(m)
+    names = (("higher", "Higher is better"), ("lower", "lower is better"),
+             (None, "no better direction (tested two-sided, reported as higher/lower, never 'improved')"))
+    text = "; ".join(f"{what}: {', '.join(groups[key])}" for key, what in names if groups[key])
+    return text + " (the metric table, etrm/metrics.py). Fractions are shown in %, their differences in percentage points."
+
+
 def rules(comparison: Comparison) -> dict[str, str]:
     """How every number was made, in words, for the report: each rule that decides what enters a number."""
     selection, metrics, contrast = comparison.selection, comparison.metrics, comparison.contrast
@@ -141,9 +147,7 @@ def rules(comparison: Comparison) -> dict[str, str]:
         f"95% CI (bootstrap): expanded percentile bootstrap (Hesterberg 2015; {stats.N_BOOT} seeded resamples), "
         f"shown when n >= {b}, where it covered 94.9% in simulation (normal data; 92% at n=5, where plain "
         "percentile and BCa intervals cover 85%).",
-        "directions": "Higher is better: " + ", ".join(HIGHER_IS_BETTER) + "; lower is better: "
-        + ", ".join(LOWER_IS_BETTER) + "; other metrics are tested two-sided and reported as higher/lower, never "
-        "'improved'. Fractions are shown in %, their differences in percentage points.",
+        "directions": _directions(metrics),
     }
     if contrast is None:
         return rules
@@ -182,7 +186,8 @@ def rules(comparison: Comparison) -> dict[str, str]:
         f"{family_size} primary tests needs at least {stats.sign_flip_pairs_needed(ALPHA / max(family_size, 1))} pairs.",
         "ratios": "SD ratio: seed-to-seed SD of the treatment / of the control, with a percentile bootstrap CI "
         f"(pairs resampled together) when n >= {b}; approximate, it covers about 90% at 8-20 seeds in "
-        "simulation. Variance metrics (" + ", ".join(VARIANCES) + ") also get the scale ratio "
+        "simulation. Variance metrics (" + (", ".join(m for m in metrics if is_variance(m)) or "none here")
+        + ") also get the scale ratio "
         "sqrt(mean_t / mean_c): the ratio of standard deviations the metric itself measures.",
     }
     return rules

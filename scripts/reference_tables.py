@@ -1,4 +1,4 @@
-"""Print README's config-key and metric tables from their single sources (TrialConfig, METRICS).
+"""Print README's config-key and metric tables from their single sources (TrialConfig, etrm.metrics.METRICS).
 
     .venv/bin/python scripts/reference_tables.py
 
@@ -36,8 +36,10 @@ def config_table() -> str:
 
 
 def metrics_table() -> str:
-    rows = ["| metric | meaning |", "|---|---|"]
-    rows += [f"| `{name}` | {text.replace('|', chr(92) + '|')} |" for name, text in METRICS.items()]
+    rows = ["| metric | better | unit | kind | over halted | meaning |", "|---|---|---|---|---|---|"]
+    for m in METRICS.values():
+        text = m.description.replace("|", chr(92) + "|")
+        rows.append(f"| `{m.name}` | {m.better or '-'} | {m.unit} | {m.kind} | {'yes' if m.halted else '-'} | {text} |")
     return "\n".join(rows)
 
 

@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.plan import make_plan
 from orchestrator.spec import SpecError, check_resources, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -319,3 +320,32 @@ print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "scipy", "matplo
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_optuna_without_mode_follows_the_metrics_direction():
+    """Issue 11: `mode` used to default to "max", so an Optuna spec on a loss maximised the loss."""
+    for metric, mode in (("train/lm_loss", "min"), ("ARC/pass@1", "max")):
+        tree = copy.deepcopy(VALID)
+        optuna_search(metric=metric)(tree)
+        spec = parse_spec(tree)
+        assert spec.primary_metric() == (metric, mode)
+        assert f"{mode}imising {metric}" in make_plan(spec).summary()  # what `validate` prints
+
+
+def test_optuna_on_a_metric_without_a_direction_needs_a_mode():
+    tree = copy.deepcopy(VALID)
+    optuna_search(metric="encoder_cross_sample_var")(tree)
+    with pytest.raises(SpecError, match=r"^search\.optuna\.mode: encoder_cross_sample_var has no better direction"):
+        parse_spec(tree)
+    tree["search"]["optuna"]["mode"] = "min"
+    assert parse_spec(tree).primary_metric() == ("encoder_cross_sample_var", "min")
+
+
+def test_asha_refuses_a_primary_metric_without_a_direction():
+    """Issue 11: ASHA on a metric with no known direction was silently maximised."""
+    tree = copy.deepcopy(VALID)
+    both(edit("contrast", delete=True), edit("scheduler", "asha"), edit("metrics", ["encoder_cross_sample_var"]))(tree)
+    with pytest.raises(SpecError, match=r"^scheduler: asha ranks trials by encoder_cross_sample_var, which has no better"):
+        parse_spec(tree)
+    tree["metrics"] = ["train/lm_loss", "encoder_cross_sample_var"]
+    assert parse_spec(tree).primary_metric() == ("train/lm_loss", "min")
