@@ -11,7 +11,6 @@ from orchestrator.compare import ALPHA, Cell, Comparison, ContrastResult
 from orchestrator.spec import show_value
 
 
-
 def format_value(metric: str, x: float | None, diff: bool = False) -> str:
     """One number in the metric's display unit: fractions as % (levels) or points (differences)."""
     if x is None or not math.isfinite(x):
