@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from etrm.grids import PAD
 from etrm.losses import q_halt_loss, softmax_cross_entropy, stablemax_cross_entropy
 from etrm.metrics import METRICS
 from etrm.model import ETRM, Batch, Carry, StepOutput
+from etrm.status import TrialStatus
 from etrm.optim import build_optimizer, lr_at, set_lr
 
 LM_LOSSES = {"stablemax": stablemax_cross_entropy, "softmax": softmax_cross_entropy}
@@ -61,7 +62,7 @@ class SilentReporter:
 
 @dataclass
 class TrialResult:
-    status: Literal["finished", "diverged"]  # a crash raises TrialCrashed instead, so Ray can retry it
+    status: TrialStatus  # FINISHED or DIVERGED: a crash raises TrialCrashed instead, so Ray can retry it
     step: int  # last completed optimiser step (the diverged step for a divergence)
     metrics: dict[str, float]  # final metrics, including the last evaluation
     message: str = ""
@@ -257,7 +258,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
             metrics["diverged_at_step"] = at
             reporter.log(step, metrics)
             message = f"loss became {float(bad_loss)} at step {at}"
-            return TrialResult("diverged", at, last | metrics, message)
+            return TrialResult(TrialStatus.DIVERGED, at, last | metrics, message)
 
         if step % tc.eval_every == 0 or step == tc.steps:
             metrics |= run_eval(s, cfg)
@@ -269,7 +270,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
             reporter.checkpoint_saved(step, ckpt_path)
         timer, timed_steps = time.perf_counter(), 0
 
-    return TrialResult("finished", step, last)
+    return TrialResult(TrialStatus.FINISHED, step, last)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +329,7 @@ def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str |
     Console().print(table)
     if json_out:
         Path(json_out).write_text(json.dumps(asdict(result) | {"config_hash": cfg.config_hash()}, indent=2))
-    return 0 if result.status == "finished" else 3
+    return 0 if result.status == TrialStatus.FINISHED else 3
 
 
 def main(argv: list[str] | None = None) -> int:

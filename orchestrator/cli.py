@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from etrm.config import ConfigError
+from etrm.status import TrialStatus
 from orchestrator.plan import Plan, make_plan
 from orchestrator.spec import SpecError, SweepSpec, load_spec, show_value
 
@@ -126,7 +127,7 @@ def render_plan(plan: Plan, finished: set[str]) -> Group:
         ids = Text(" ").join(Text(t.trial_id[:8], style="green" if t.trial_id in finished else "dim") for t in trials)
         n = sum(t.trial_id in finished for t in trials)
         done += n
-        state = "finished" if n == len(trials) else "pending" if n == 0 else f"{n}/{len(trials)} finished"
+        state = TrialStatus.FINISHED if n == len(trials) else TrialStatus.PENDING if n == 0 else f"{n}/{len(trials)} finished"
         table.add_row(trials[0].cell_label, " ".join(str(t.seed) for t in trials), ids, state)
     return Group(*lines, table, Text(f"{done} of {len(plan.trials)} trials finished, {len(plan.trials) - done} pending"))
 
@@ -207,34 +208,25 @@ def resume(name: NameArg, address: AddressOpt = None) -> None:
 
 @app.command()
 def status(name: NameArg) -> None:
-    """Show every trial of a sweep as MLflow records it: state, last step, primary metric."""
+    """Show every trial of a sweep: the planned ones not started yet, then every trial MLflow records
+    (an Optuna sample, or a trial of an earlier version of the spec, included), with state, last step,
+    primary metric and message."""
     from orchestrator.workspace import SweepContext
 
     with sweep_errors():
         ctx = SweepContext.for_name(name)
         plan = make_plan(ctx.spec)
-        store = ctx.store()
-        runs = store.trial_runs()
-    from orchestrator.records import mlflow_metric_name
-
-    metric, _ = ctx.spec.primary_metric()
+        metric, _ = ctx.spec.primary_metric()
+        rows = ctx.store().status_rows(plan.trials, metric)
     table = Table("cell", "seed", "trial", "status", "step", metric, "message", title=f"{name}: {plan.summary()}")
     counts: dict[str, int] = {}
-    for t in plan.trials:
-        run = runs.get(t.trial_id)
-        state = run.data.tags.get("etrm.status", "running") if run else "pending"
-        counts[state] = counts.get(state, 0) + 1
-        step = value = "-"
-        if run:
-            history = store.client.get_metric_history(run.info.run_id, "train/lm_loss")
-            step = str(max((m.step for m in history), default=0))
-            v = run.data.metrics.get(mlflow_metric_name(metric))
-            value = "-" if v is None else f"{v:.4g}"
-        table.add_row(t.cell_label, str(t.seed), t.trial_id[:8], state, step, value,
-                      (run.data.tags.get("etrm.message", "") if run else "")[:60])
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+        table.add_row(row.cell, str(row.seed), row.trial_id[:8], row.status, "-" if row.step is None else str(row.step),
+                      "-" if row.value is None else f"{row.value:.4g}", row.message[:60])
     console = Console()
     console.print(table)
-    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
 
 
 @app.command()

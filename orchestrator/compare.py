@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from etrm.metrics import direction, is_variance
+from etrm.status import RECORDED, USABLE, TrialStatus
 from orchestrator import stats
 from orchestrator.plan import short_names
-from etrm.metrics import direction, is_variance
-from orchestrator.records import STATUSES, TrialRecord, mlflow_metric_name
+from orchestrator.records import TrialRecord, mlflow_metric_name
 from orchestrator.spec import show_value
 
 DEFAULT_METRICS = [
@@ -56,11 +57,11 @@ class Cell:
     cell_id: str
     label: str  # "final_norm=true, type=standard"
     variant: dict[str, Any]
-    status: dict[int, str]  # seed -> trial status, every trial of the cell
+    status: dict[int, TrialStatus]  # seed -> trial status, every trial of the cell
     run_ids: dict[int, str]  # seed -> MLflow run id: every number traces back to runs
     metrics: dict[str, MetricSummary]
 
-    def seeds(self, status: str) -> list[int]:
+    def seeds(self, status: TrialStatus) -> list[int]:
         return sorted(s for s, st in self.status.items() if st == status)
 
 
@@ -210,8 +211,8 @@ def _cells(records, axes, metrics, selection, seed) -> list[Cell]:
     names = short_names(axes)
     groups: dict[tuple, list[TrialRecord]] = {}
     for r in records:
-        if r.status not in STATUSES:
-            raise ValueError(f"trial {r.trial_id}: unknown status {r.status!r}; known: {list(STATUSES)}")
+        if r.status not in RECORDED:
+            raise ValueError(f"trial {r.trial_id}: unknown status {r.status!r}; known: {sorted(RECORDED)}")
         missing_axes = [a for a in axes if a not in r.variant]
         if missing_axes:
             raise ValueError(f"trial {r.trial_id}: variant lacks axes {missing_axes}")
@@ -228,8 +229,8 @@ def _cells(records, axes, metrics, selection, seed) -> list[Cell]:
                 "`axes` must list every axis of the sweep, one trial per seed per cell"
             )
         cell_id = group[0].cell_id
-        usable = [r for r in group if r.status in ("finished", "diverged")]
-        diverged = [r.seed for r in usable if r.status == "diverged"]
+        usable = [r for r in group if r.status in USABLE]
+        diverged = [r.seed for r in usable if r.status == TrialStatus.DIVERGED]
         summaries = {}
         for m in metrics:
             picked = {r.seed: _selected_value(r, m, selection, metrics[0]) for r in usable}

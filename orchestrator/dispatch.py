@@ -24,11 +24,11 @@ from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
 
 from etrm.config import build_config
+from etrm.status import DONE, TrialStatus
 from orchestrator import local_ray
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
-from orchestrator.records import DONE_STATUSES
 from orchestrator.spec import SweepSpec, check_resources
 from orchestrator.trainable import run_trial
 from orchestrator.workspace import SweepContext, Workspace
@@ -71,7 +71,7 @@ class TrackingCallback(tune.Callback):
     def __init__(self, store: SweepStore, parent_id: str, resolve, progress: SweepProgress):
         self.store, self.parent_id, self.resolve, self.progress = store, parent_id, resolve, progress
         self.runs: dict[str, str] = {}        # trial_id -> MLflow run id
-        self.final: dict[str, str] = {}       # trial_id -> status reported by the trainer
+        self.final: dict[str, TrialStatus] = {}  # trial_id -> how it ended (the trainer's word, or ours)
         self.nodes: dict[str, str] = {}       # trial_id -> Ray node id of its latest attempt
         self.existing = store.trial_runs()
 
@@ -90,7 +90,7 @@ class TrackingCallback(tune.Callback):
         return planned
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.progress.update(self._trial(trial).trial_id, state="running")
+        self.progress.update(self._trial(trial).trial_id, state=TrialStatus.RUNNING)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         planned = self._trial(trial)
@@ -100,31 +100,31 @@ class TrackingCallback(tune.Callback):
         run_id = self.runs[planned.trial_id]
         if self.nodes.get(planned.trial_id) != event["node_id"]:  # a new node: the trial (re)started there
             self.nodes[planned.trial_id] = event["node_id"]
-            self.store.client.set_tag(run_id, "etrm.node_id", event["node_id"])
+            self.store.set_node(run_id, event["node_id"])
         self.store.log_metrics(run_id, event["step"], event["metrics"])
-        if event["event"] == "end":
-            self.final[planned.trial_id] = event["status"]
-            self.store.set_trial_status(run_id, event["status"], event["message"])
-        self.progress.update(planned.trial_id, step=event["step"], metrics=event["metrics"],
-                             state=event.get("status") if event["event"] == "end" else None)
+        status = TrialStatus(event["status"]) if event["event"] == "end" else None
+        if status:
+            self.final[planned.trial_id] = status
+            self.store.set_trial_status(run_id, status, event["message"])
+        self.progress.update(planned.trial_id, step=event["step"], metrics=event["metrics"], state=status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         planned = self._trial(trial)
         if planned.trial_id not in self.final:  # ended without the trainer's last word: a scheduler stopped it
-            self.final[planned.trial_id] = "stopped"
-            self.store.set_trial_status(self.runs[planned.trial_id], "stopped", "stopped early by the scheduler")
-            self.progress.update(planned.trial_id, state="stopped")
+            self.final[planned.trial_id] = TrialStatus.STOPPED
+            self.store.set_trial_status(self.runs[planned.trial_id], TrialStatus.STOPPED, "stopped early by the scheduler")
+            self.progress.update(planned.trial_id, state=TrialStatus.STOPPED)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         planned = self._trial(trial)
         self._record_error(planned.trial_id, trial, final=False)
-        self.progress.update(planned.trial_id, state="retrying")
+        self.progress.update(planned.trial_id, state=TrialStatus.RETRYING)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         planned = self._trial(trial)
-        self.final[planned.trial_id] = "failed"
+        self.final[planned.trial_id] = TrialStatus.FAILED
         self._record_error(planned.trial_id, trial, final=True)
-        self.progress.update(planned.trial_id, state="failed")
+        self.progress.update(planned.trial_id, state=TrialStatus.FAILED)
 
     def _record_error(self, trial_id: str, trial, final: bool) -> None:
         run_id = self.runs[trial_id]
@@ -133,9 +133,9 @@ class TrackingCallback(tune.Callback):
         self.store.log_text(run_id, text, f"errors/attempt-{trial.num_failures}.txt")
         last_line = text.strip().splitlines()[-1] if text.strip() else "error"
         if final:
-            self.store.set_trial_status(run_id, "failed", last_line)
+            self.store.set_trial_status(run_id, TrialStatus.FAILED, last_line)
         else:
-            self.store.client.set_tag(run_id, "etrm.message", f"retrying after: {last_line}")
+            self.store.set_message(run_id, f"retrying after: {last_line}")
 
 
 def connect(address: str | None) -> str | None:
@@ -186,7 +186,7 @@ def optuna_search(spec: SweepSpec, store: SweepStore) -> Search:
     optuna = spec.search.optuna
     points, rewards = [], []
     for record in store.records([optuna.metric]):
-        if record.status in DONE_STATUSES and optuna.metric in record.final:
+        if record.status in DONE and optuna.metric in record.final:
             points.append({f"sample/{k}": record.variant[k] for k in optuna.space})  # Tune's flattened names
             rewards.append(record.final[optuna.metric])
     # The sampler's seed moves on with the study's size: the same seed would redraw the first points.

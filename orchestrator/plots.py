@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
+from etrm.status import USABLE, TrialStatus
 from orchestrator.compare import Cell, Comparison
 from orchestrator.records import TrialRecord
 from orchestrator.wording import is_fraction, p_text
@@ -76,7 +77,7 @@ def learning_curves(comparison: Comparison, records: list[TrialRecord], metric: 
     for ax, (title, arms) in zip(axes, facets):
         shown = []
         for colour, (label, cell) in zip(COLOURS, arms):
-            runs = [by_trial[(cell.cell_id, s)] for s, st in cell.status.items() if st in ("finished", "diverged")]
+            runs = [by_trial[(cell.cell_id, s)] for s, st in cell.status.items() if st in USABLE]
             curves = [np.array([(s, v) for s, v in r.history.get(metric, []) if math.isfinite(v)]) for r in runs]
             kept = [(r, c) for r, c in zip(runs, curves) if len(c)]
             if not kept:
@@ -89,7 +90,7 @@ def learning_curves(comparison: Comparison, records: list[TrialRecord], metric: 
                     marker="o" if len(steps) == 1 else None)  # one step (eval at the end only): a line is invisible
             ax.fill_between(steps, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=colour, alpha=0.2)
             for r, c in kept:
-                if r.status == "diverged":
+                if r.status == TrialStatus.DIVERGED:
                     ax.plot(*c[-1], "x", color=colour, markersize=9, mew=2)
             shown.append(table[np.isfinite(table)])
         if shown:

@@ -9,15 +9,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-_STYLE = {"pending": "dim", "running": "cyan", "finished": "green", "diverged": "yellow",
-          "failed": "red", "retrying": "magenta", "stopped": "yellow"}
+from etrm.status import ENDED, TrialStatus
+
+_STYLE = {TrialStatus.PENDING: "dim", TrialStatus.RUNNING: "cyan", TrialStatus.FINISHED: "green",
+          TrialStatus.DIVERGED: "yellow", TrialStatus.FAILED: "red", TrialStatus.RETRYING: "magenta",
+          TrialStatus.STOPPED: "yellow"}
 
 
 @dataclass
 class _Row:
     label: str
     total_steps: int
-    state: str = "pending"
+    state: TrialStatus = TrialStatus.PENDING
     step: int = 0
     loss: float | None = None
     score: float | None = None
@@ -35,10 +38,10 @@ class SweepProgress:
     def add(self, trial_id: str, label: str, total_steps: int) -> None:
         self.rows[trial_id] = _Row(label, total_steps)
 
-    def update(self, trial_id: str, *, state: str | None = None, step: int | None = None,
+    def update(self, trial_id: str, *, state: TrialStatus | None = None, step: int | None = None,
                metrics: dict[str, float] | None = None) -> None:
         row = self.rows[trial_id]
-        if state == "retrying":
+        if state == TrialStatus.RETRYING:
             row.attempts += 1
         row.state = state or row.state
         row.step = step if step is not None else row.step
@@ -49,7 +52,7 @@ class SweepProgress:
             self._live.update(self.render())
 
     def render(self) -> Table:
-        done = sum(r.state in ("finished", "diverged", "failed", "stopped") for r in self.rows.values())
+        done = sum(r.state in ENDED for r in self.rows.values())
         table = Table(title=f"{done}/{len(self.rows)} trials done · {time.monotonic() - self.started:.0f}s",
                       title_justify="left")
         for col in ("trial", "state", "step", "train/lm_loss", self.score_metric):

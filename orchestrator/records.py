@@ -6,9 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-STATUSES = ("finished", "failed", "diverged", "running", "stopped")  # stopped: cut early by ASHA
-# Never rerun: a divergence is a result, not an accident; a trial ASHA stopped was stopped on purpose.
-DONE_STATUSES = ("finished", "diverged", "stopped")
+from etrm.status import TrialStatus
 
 
 @dataclass
@@ -17,7 +15,7 @@ class TrialRecord:
     cell_id: str
     seed: int
     variant: dict[str, Any]  # the spec's axis keys -> values for this trial (no seed)
-    status: str  # one of STATUSES
+    status: TrialStatus  # one of etrm.status.RECORDED
     final: dict[str, float]  # last logged value of each metric
     history: dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] in step order
     run_id: str

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from etrm.status import EXCLUDED
 from orchestrator.compare import Cell, Comparison, ContrastResult
 from orchestrator.plots import PLOT_KINDS, plot_name, render_plots
 from orchestrator.records import TrialRecord
@@ -52,7 +53,7 @@ def _verdict_groups(comparison: Comparison) -> list[tuple[str, list[tuple[Contra
 
 
 def _excluded(cell: Cell, metric: str) -> str:
-    parts = [f"{len(cell.seeds(s))} {s}" for s in ("failed", "running") if cell.seeds(s)]
+    parts = [f"{len(cell.seeds(s))} {s}" for s in EXCLUDED if cell.seeds(s)]
     missing = cell.metrics[metric].missing_seeds
     return ", ".join(parts + ([f"{len(missing)} no value"] if missing else [])) or "-"
 
@@ -147,15 +148,15 @@ def to_csv(comparison: Comparison) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([
         "cell_id", *comparison.axes, "metric", "selection", "n", "mean", "sd", "ci_low", "ci_high",
-        "boot_low", "boot_high", "trials", "diverged_in_n", "failed", "running", "no_value", "values", "run_ids",
+        "boot_low", "boot_high", "trials", "diverged_in_n", *EXCLUDED, "no_value", "values", "run_ids",
     ])  # fmt: skip
     for cell in comparison.cells:
         for metric, s in cell.metrics.items():
             boot = s.ci_boot or ("", "")
             writer.writerow([
                 cell.cell_id, *cell.variant.values(), metric, comparison.selection, s.n, s.mean, s.sd, *s.ci_t,
-                *boot, len(cell.status), len(s.diverged_seeds), len(cell.seeds("failed")),
-                len(cell.seeds("running")), len(s.missing_seeds), json.dumps(s.values), json.dumps(cell.run_ids),
+                *boot, len(cell.status), len(s.diverged_seeds), *(len(cell.seeds(st)) for st in EXCLUDED),
+                len(s.missing_seeds), json.dumps(s.values), json.dumps(cell.run_ids),
             ])  # fmt: skip
     return buffer.getvalue()
 

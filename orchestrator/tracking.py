@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,36 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from etrm.metrics import METRICS
 from orchestrator.provenance import code_version, package_versions
-from orchestrator.records import DONE_STATUSES, STATUSES, TrialRecord, mlflow_metric_name
+from etrm.status import DONE, RECORDED, TrialStatus
+from orchestrator.records import TrialRecord, mlflow_metric_name
 
-_RUN_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "stopped": "KILLED"}
+
+class Tag:
+    """The names of the tags runs are found and read by."""
+
+    SWEEP = "etrm.sweep"
+    ROLE = "etrm.role"  # a Role
+    TRIAL_ID = "etrm.trial_id"
+    CELL_ID = "etrm.cell_id"
+    CELL = "etrm.cell"  # the cell's label, for people
+    SEED = "etrm.seed"
+    VARIANT = "etrm.variant"  # JSON: axis key -> value
+    CONFIG_HASH = "etrm.config_hash"
+    CODE_VERSION = "etrm.code_version"
+    VERSION = "etrm.version."  # + a package name
+    STATUS = "etrm.status"  # a TrialStatus in RECORDED
+    MESSAGE = "etrm.message"
+    NODE_ID = "etrm.node_id"
+
+
+class Role(StrEnum):
+    SWEEP = "sweep"
+    TRIAL = "trial"
+    SUMMARY = "summary"
+
+
+_RUN_STATUS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.DIVERGED: "FAILED", TrialStatus.FAILED: "FAILED",
+               TrialStatus.STOPPED: "KILLED"}
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 _OUR_NAME = {mlflow_metric_name(name): name for name in METRICS}  # MLflow refuses '@': ARC/pass@1 is stored as ARC/pass_at_1
 
@@ -44,6 +73,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+@dataclass
+class StatusRow:
+    """One line of `etrm-sweep status`."""
+
+    trial_id: str
+    cell: str
+    seed: int
+    status: TrialStatus
+    step: int | None  # last step logged
+    value: float | None  # latest value of the metric asked for
+    message: str
 
 
 class SweepStore:
@@ -68,8 +110,8 @@ class SweepStore:
 
     # -- finding runs ------------------------------------------------------------------------------
 
-    def _search(self, role: str, extra: str = "") -> Iterator[Any]:
-        query = f"tags.`etrm.sweep` = '{self.sweep}' and tags.`etrm.role` = '{role}'" + extra
+    def _search(self, role: Role, extra: str = "") -> Iterator[Any]:
+        query = f"tags.`{Tag.SWEEP}` = '{self.sweep}' and tags.`{Tag.ROLE}` = '{role}'" + extra
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
@@ -79,17 +121,17 @@ class SweepStore:
                 return
 
     def parent_run_id(self) -> str | None:
-        return next((r.info.run_id for r in self._search("sweep")), None)
+        return next((r.info.run_id for r in self._search(Role.SWEEP)), None)
 
     def trial_runs(self) -> dict[str, Any]:
         """trial_id -> MLflow run, for every trial this sweep has ever started."""
-        return {r.data.tags["etrm.trial_id"]: r for r in self._search("trial")}
+        return {r.data.tags[Tag.TRIAL_ID]: r for r in self._search(Role.TRIAL)}
 
-    def trial_statuses(self) -> dict[str, str]:
-        return {tid: r.data.tags.get("etrm.status", "running") for tid, r in self.trial_runs().items()}
+    def trial_statuses(self) -> dict[str, TrialStatus]:
+        return {tid: status_of(r) for tid, r in self.trial_runs().items()}
 
     def done_trial_ids(self) -> set[str]:
-        return {tid for tid, status in self.trial_statuses().items() if status in DONE_STATUSES}
+        return {tid for tid, status in self.trial_statuses().items() if status in DONE}
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -97,12 +139,12 @@ class SweepStore:
         """The sweep's parent run (created on the first launch, reopened on later ones)."""
         run_id = self.parent_run_id()
         if run_id is None:
-            tags = {"etrm.sweep": self.sweep, "etrm.role": "sweep", MLFLOW_RUN_NAME: self.sweep,
+            tags = {Tag.SWEEP: self.sweep, Tag.ROLE: Role.SWEEP, MLFLOW_RUN_NAME: self.sweep,
                     "mlflow.note.content": description}
             run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
-        self.client.set_tag(run_id, "etrm.code_version", code_version())
+        self.client.set_tag(run_id, Tag.CODE_VERSION, code_version())
         return run_id
 
     def close_sweep(self, run_id: str, status: str = "FINISHED") -> None:
@@ -114,16 +156,16 @@ class SweepStore:
         if trial.trial_id in existing:
             run_id = existing[trial.trial_id].info.run_id
             self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "etrm.status", "running")
+            self.client.set_tag(run_id, Tag.STATUS, TrialStatus.RUNNING)
             return run_id
         tags = {
             MLFLOW_PARENT_RUN_ID: parent_id,
             MLFLOW_RUN_NAME: f"{trial.cell_label} seed={trial.seed}",
-            "etrm.sweep": self.sweep, "etrm.role": "trial", "etrm.status": "running",
-            "etrm.trial_id": trial.trial_id, "etrm.cell_id": trial.cell_id, "etrm.cell": trial.cell_label,
-            "etrm.seed": str(trial.seed), "etrm.variant": json.dumps(trial.variant, sort_keys=True),
-            "etrm.config_hash": trial.config.config_hash(), "etrm.code_version": code_version(),
-            **{f"etrm.version.{k}": v for k, v in package_versions().items()},
+            Tag.SWEEP: self.sweep, Tag.ROLE: Role.TRIAL, Tag.STATUS: TrialStatus.RUNNING,
+            Tag.TRIAL_ID: trial.trial_id, Tag.CELL_ID: trial.cell_id, Tag.CELL: trial.cell_label,
+            Tag.SEED: str(trial.seed), Tag.VARIANT: json.dumps(trial.variant, sort_keys=True),
+            Tag.CONFIG_HASH: trial.config.config_hash(), Tag.CODE_VERSION: code_version(),
+            **{f"{Tag.VERSION}{k}": v for k, v in package_versions().items()},
         }
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         self._new_runs.add(run_id)
@@ -154,12 +196,19 @@ class SweepStore:
             self._last_step[(run_id, key)] = max((m.step for m in history), default=-1)
         return self._last_step[(run_id, key)]
 
-    def set_trial_status(self, run_id: str, status: str, message: str = "") -> None:
-        assert status in STATUSES, status
-        self.client.set_tag(run_id, "etrm.status", status)
-        self.client.set_tag(run_id, "etrm.message", message[:5000])
+    def set_trial_status(self, run_id: str, status: TrialStatus, message: str = "") -> None:
+        if status not in RECORDED:
+            raise ValueError(f"{status!r} is not a status a trial run records; known: {sorted(RECORDED)}")
+        self.client.set_tag(run_id, Tag.STATUS, status)
+        self.set_message(run_id, message)
         if status in _RUN_STATUS:
             self.client.set_terminated(run_id, status=_RUN_STATUS[status])
+
+    def set_message(self, run_id: str, message: str) -> None:
+        self.client.set_tag(run_id, Tag.MESSAGE, message[:5000])
+
+    def set_node(self, run_id: str, node_id: str) -> None:
+        self.client.set_tag(run_id, Tag.NODE_ID, node_id)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
@@ -170,11 +219,11 @@ class SweepStore:
     def write_summary_run(self, parent_id: str, cell_id: str, label: str, variant: dict[str, Any],
                           metrics: dict[str, float]) -> str:
         """One run per cell holding aggregates (mean, CI, n), for MLflow's compare views; replaced on rerun."""
-        for old in self._search("summary", f" and tags.`etrm.cell_id` = '{cell_id}'"):
+        for old in self._search(Role.SUMMARY, f" and tags.`{Tag.CELL_ID}` = '{cell_id}'"):
             self.client.delete_run(old.info.run_id)
         tags = {MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: f"summary: {label}",
-                "etrm.sweep": self.sweep, "etrm.role": "summary", "etrm.cell_id": cell_id, "etrm.cell": label,
-                "etrm.variant": json.dumps(variant, sort_keys=True)}
+                Tag.SWEEP: self.sweep, Tag.ROLE: Role.SUMMARY, Tag.CELL_ID: cell_id, Tag.CELL: label,
+                Tag.VARIANT: json.dumps(variant, sort_keys=True)}
         run_id = self.client.create_run(self.experiment_id, tags=tags).info.run_id
         params = [Param(k, str(v)) for k, v in variant.items()]
         now = int(time.time() * 1000)
@@ -183,7 +232,27 @@ class SweepStore:
         self.client.set_terminated(run_id)
         return run_id
 
-    # -- reading for the comparison ----------------------------------------------------------------
+    # -- reading ------------------------------------------------------------------------------------
+
+    def status_rows(self, planned: Iterable[Any], metric: str) -> list[StatusRow]:
+        """Every trial of the sweep: the PlannedTrials in plan order (pending when never started), then every
+        other trial run it holds (Optuna's samples, trials of an earlier version of the spec) by start time."""
+        runs = self.trial_runs()
+        rows = []
+        for t in planned:
+            run = runs.pop(t.trial_id, None)
+            rows.append(self._status_row(run, metric) if run else
+                        StatusRow(t.trial_id, t.cell_label, t.seed, TrialStatus.PENDING, None, None, ""))
+        return rows + [self._status_row(r, metric) for r in sorted(runs.values(), key=lambda r: r.info.start_time)]
+
+    def _status_row(self, run: Any, metric: str) -> StatusRow:
+        tags = run.data.tags
+        # train/lr is logged at every log step, whatever else the window held
+        history = self.client.get_metric_history(run.info.run_id, "train/lr")
+        return StatusRow(tags[Tag.TRIAL_ID], tags.get(Tag.CELL, "?"), int(tags[Tag.SEED]), status_of(run),
+                         max((m.step for m in history), default=None),
+                         run.data.metrics.get(mlflow_metric_name(metric)), tags.get(Tag.MESSAGE, ""))
+
 
     def records(self, metrics: Iterable[str] | None = None) -> list[TrialRecord]:
         """Every trial of the sweep with its final metrics and histories, straight from MLflow."""
@@ -196,9 +265,18 @@ class SweepStore:
                                                    for m in self.client.get_metric_history(run.info.run_id, k))
                        for k in stored}
             out.append(TrialRecord(
-                trial_id=trial_id, cell_id=tags["etrm.cell_id"], seed=int(tags["etrm.seed"]),
-                variant=json.loads(tags["etrm.variant"]), status=tags.get("etrm.status", "running"),
+                trial_id=trial_id, cell_id=tags[Tag.CELL_ID], seed=int(tags[Tag.SEED]),
+                variant=json.loads(tags[Tag.VARIANT]), status=status_of(run),
                 final={k: h[-1][1] for k, h in history.items() if h}, history=history,
                 run_id=run.info.run_id,
             ))
         return out
+
+
+def status_of(run: Any) -> TrialStatus:
+    """A trial run's status; a run without the tag was opened by a driver that died before writing it."""
+    value = run.data.tags.get(Tag.STATUS, TrialStatus.RUNNING)
+    try:
+        return TrialStatus(value)
+    except ValueError:
+        raise ValueError(f"run {run.info.run_id}: unknown {Tag.STATUS} {value!r}; known: {sorted(RECORDED)}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from etrm.metrics import METRICS, is_fraction, is_variance
+from etrm.status import EXCLUDED
 from orchestrator import stats
 from orchestrator.compare import ALPHA, Cell, Comparison, ContrastResult
 from orchestrator.spec import show_value
@@ -53,7 +54,7 @@ def _arm_notes(cell: Cell | None, label: str, metric: str) -> list[str]:
     summary = cell.metrics[metric]
     if summary.diverged_seeds:
         notes.append(f"{label} diverged in {len(summary.diverged_seeds)}/{total} seeds")
-    excluded = [f"{len(cell.seeds(s))} {s}" for s in ("failed", "running", "stopped") if cell.seeds(s)]
+    excluded = [f"{len(cell.seeds(s))} {s}" for s in EXCLUDED if cell.seeds(s)]
     if excluded:
         notes.append(f"{label}: {' and '.join(excluded)} excluded")
     if summary.missing_seeds:

@@ -19,8 +19,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import browser
+from harness import CLI, run_cli, write_spec
 from services import descendants, free_port, kill_pids, service_env, wait_until
-from test_sweep_e2e import CLI, run_cli, write_spec
 
 pytestmark = pytest.mark.integration
 NAME = "ui-sweep"

@@ -19,8 +19,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from harness import CLI, TINY_BASE
 from services import descendants, kill_node, kill_pids, service_env, start_mlflow, start_ray_cluster
-from test_sweep_e2e import CLI, TINY_BASE
 
 pytestmark = pytest.mark.integration
 

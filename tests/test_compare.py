@@ -13,7 +13,7 @@ from rich.console import Console
 from orchestrator import stats
 from orchestrator.compare import cell_summary_metrics, compare
 from orchestrator.records import TrialRecord
-from orchestrator.report import print_report, to_csv, to_dict, to_json, to_markdown, write_report
+from orchestrator.report import cell_table, print_report, to_csv, to_dict, to_json, to_markdown, write_report
 from orchestrator.wording import rules, verdict, verdicts
 
 FN, TYPE = "model.encoder.final_norm", "model.encoder.type"
@@ -239,3 +239,19 @@ def test_learning_curve_of_a_metric_logged_once_is_visible():
     comp = compare(records, axes=[FN], contrast=CONTRAST, metrics=[ACC])
     lines = [line for line in learning_curves(comp, records, ACC).axes[0].lines if "n=2" in line.get_label()]
     assert len(lines) == 2 and all(line.get_marker() == "o" for line in lines)
+
+
+def test_stopped_trials_are_excluded_and_counted_in_the_cell_table_and_csv(two_cells):
+    """ASHA's stopped trials leave the statistics, as failed and running ones do, and are counted as such."""
+    records = two_cells + [trial({FN: True}, 4, [0.1], [2.0], status="stopped"),
+                           trial({FN: False}, 4, [0.1], [2.0], status="running")]
+    comp = compare(records, axes=[FN], contrast=CONTRAST, metrics=METRICS)
+    treat = comp.cell("cell-True")
+    assert treat.seeds("stopped") == [4] and treat.metrics[ACC].n == 3
+    headers, rows = cell_table(comp, ACC)
+    excluded = dict(zip([r[0] for r in rows], [r[headers.index("excluded")] for r in rows]))
+    assert excluded == {"final_norm=true": "1 failed, 1 stopped", "final_norm=false": "1 running"}
+    table = list(csv.DictReader(io.StringIO(to_csv(comp))))
+    got = {(r["cell_id"], r["metric"]): (r["failed"], r["running"], r["stopped"], r["trials"]) for r in table}
+    assert got[("cell-True", ACC)] == ("1", "0", "1", "5")
+    assert got[("cell-False", ACC)] == ("0", "1", "0", "5")

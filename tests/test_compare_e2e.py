@@ -16,10 +16,10 @@ import pytest
 from mlflow.entities import ViewType
 
 from etrm.train import CRASH_MARKER
+from harness import TINY_BASE, run_cli, store_for, trial_runs, write_spec
 from orchestrator.plan import make_plan
 from orchestrator.records import mlflow_metric_name
 from orchestrator.spec import load_spec
-from test_sweep_e2e import TINY_BASE, run_cli, store_for, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 NAME = "cmp"

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.spec import parse_spec
 from orchestrator.tracking_db import ensure_schema
 from orchestrator.workspace import SweepContext, Workspace
+from harness import CLI, TINY_BASE
 from services import descendants, kill_pids, service_env, start_mlflow, start_postgres
-from test_sweep_e2e import CLI, TINY_BASE
 
 pytestmark = pytest.mark.integration
 

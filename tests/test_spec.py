@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from harness import run_cli
 from orchestrator.cli import app
 from orchestrator.plan import make_plan
 from orchestrator.spec import SpecError, check_resources, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = ROOT / ".venv" / "bin" / "etrm-sweep"
 
 VALID = {
     "name": "spec-test",
@@ -210,34 +211,30 @@ def test_every_problem_is_reported_on_its_own_line():
     assert len(lines) == 3
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CLI), *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
-
-
 def test_real_cli_refuses_a_malformed_spec(tmp_path):
     path = write_case(tmp_path, edit("axes/model.encoder.type", ["hybrid_standard", "transformer_xl"]))
-    proc = run_cli("validate", str(path))
+    proc = run_cli(["validate", path])
     assert proc.returncode == 2
     assert "error: axes.model.encoder.type[1]: unknown encoder type 'transformer_xl'" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_real_cli_refuses_a_missing_file(tmp_path):
-    proc = run_cli("validate", str(tmp_path / "nope.yaml"))
+    proc = run_cli(["validate", tmp_path / "nope.yaml"])
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'nope.yaml'}: no such file"
 
 
 def test_real_cli_plan_refuses_bad_yaml(tmp_path):
     path = write_case(tmp_path, "name: [unclosed\n")
-    proc = run_cli("plan", str(path))
+    proc = run_cli(["plan", path], tmp_path / "ws")
     assert proc.returncode == 2
     assert "not valid YAML (line 2, column 1" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
 def test_help_teaches():
-    proc = run_cli("--help")
+    proc = run_cli(["--help"])
     assert proc.returncode == 0
     for word in ("validate", "plan", "trial", "spec"):
         assert word in proc.stdout
@@ -317,7 +314,7 @@ for path in ("sweeps/demo.yaml", "sweeps/norm-fix.yaml", "sweeps/full-ablation.y
     spec.primary_metric()
 print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "scipy", "matplotlib", "mlflow"}))
 """
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", code], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 

@@ -15,54 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from orchestrator.tracking import SweepStore
+from harness import CLI, TINY_BASE, run_cli, store_for, trial_runs, write_spec
 from services import alive, descendants, kill_pids, service_env
 
 pytestmark = pytest.mark.integration
-CLI = [str(Path(sys.executable).parent / "etrm-sweep")]
-
-TINY_BASE = {
-    "data": {"source": "synthetic", "grid_size": 5, "max_demos": 2, "families": ["colour_map"],
-             "num_train_puzzles": 16, "num_eval_puzzles": 4, "eval_variants": 1},
-    "model": {"hidden_size": 16, "num_heads": 2, "H_cycles": 1, "L_cycles": 1, "L_layers": 1,
-              "halt_max_steps": 2, "encoder": {"type": "hybrid_standard", "num_layers": 1, "set_layers": 1,
-                                               "output_tokens": 4}},
-    "train": {"steps": 8, "batch_size": 4, "log_every": 2, "eval_every": 8, "checkpoint_every": 4},
-}
-
-
-def write_spec(tmp_path: Path, name: str, **overrides) -> Path:
-    spec = {
-        "name": name,
-        "description": "e2e test sweep",
-        "base": TINY_BASE,
-        "axes": {"model.encoder.final_norm": [True, False]},
-        "seeds": [0, 1],
-        "contrast": {"axis": "model.encoder.final_norm", "treatment": True, "control": False},
-        "metrics": ["eval/exact_accuracy", "train/lm_loss"],
-        "resources": {"cpu": 1, "gpu": 0},
-        "max_concurrent": 2,
-        "max_failures": 1,
-    }
-    spec.update(overrides)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
-
-
-def run_cli(args: list[str], workspace: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = service_env(ETRM_SWEEP_HOME=str(workspace), COLUMNS="160")
-    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def store_for(workspace: Path, name: str) -> SweepStore:
-    return SweepStore(f"sqlite:///{workspace / 'mlflow.db'}", name, name)
-
-
-def trial_runs(workspace: Path, name: str) -> list:
-    return list(store_for(workspace, name)._search("trial"))
 
 
 def test_tiny_sweep_records_every_trial_once_and_relaunch_runs_nothing(tmp_path):

@@ -54,14 +54,14 @@ class Recorder:
         self.checkpoints.append(step)
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_trainer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "etrm.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_unknown_config_keys_are_rejected_by_the_cli(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"train": {"lrr": 0.1}, "model": {"encoder": {"finalnorm": True}}}))
-    proc = run_cli(str(cfg), "--set", "data.gridsize=5")
+    proc = run_trainer(str(cfg), "--set", "data.gridsize=5")
     assert proc.returncode == 2, proc.stderr
     for key in ("train.lrr", "model.encoder.finalnorm", "data.gridsize"):
         assert key in proc.stderr
@@ -72,7 +72,7 @@ def test_cli_runs_a_trial_and_writes_json(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "result.json"
-    proc = run_cli(str(cfg), "--set", "train.steps=6", "--json", str(out), "--checkpoint-dir", str(tmp_path / "ck"))
+    proc = run_trainer(str(cfg), "--set", "train.steps=6", "--json", str(out), "--checkpoint-dir", str(tmp_path / "ck"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["status"] == "finished" and result["step"] == 6
