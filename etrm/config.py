@@ -16,10 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from etrm.registry import ENCODERS
+
 SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", "recolour_object")
-# The encoder names (reference §4). etrm.encoders.ENCODERS maps each to its module and refuses to load if the
-# two disagree; the names live here so that checking a config or a spec never has to import torch.
-ENCODER_TYPES = ("standard", "hybrid_standard", "hybrid_variational", "lpn_standard", "lpn_variational")
 
 
 class Strict(BaseModel):
@@ -75,7 +74,7 @@ class DataConfig(Strict):
 class EncoderConfig(Strict):
     """The demonstration encoder that replaces TRM's puzzle embedding."""
 
-    type: str = Field("standard", description="Encoder name: " + ", ".join(f"`{t}`" for t in ENCODER_TYPES) + ".")
+    type: str = Field("standard", description="Encoder name: " + ", ".join(f"`{t}`" for t in ENCODERS) + ".")
     num_layers: int = Field(2, ge=1, description="Depth of the per-demo encoder.")
     set_layers: int = Field(2, ge=1, description="Cross-attention layers of the DemoSetEncoder.")
     norm_style: Literal["pre", "post"] = Field("pre", description="DemoSetEncoder layer norm placement.")
@@ -87,8 +86,8 @@ class EncoderConfig(Strict):
     @field_validator("type")
     @classmethod
     def _known_type(cls, v: str) -> str:
-        if v not in ENCODER_TYPES:
-            raise ValueError(f"unknown encoder type {v!r}; known: {sorted(ENCODER_TYPES)}")
+        if v not in ENCODERS:
+            raise ValueError(f"unknown encoder type {v!r}; known: {sorted(ENCODERS)}")
         return v
 
 

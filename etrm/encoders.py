@@ -3,8 +3,8 @@
 They replace TRM's per-puzzle embedding table, so a puzzle never seen in training can still
 be told apart. Every encoder maps demo_inputs / demo_outputs (B, K, G²) and demo_mask (B, K)
 to an `EncoderOutput`. Padded demo slots cost no compute: only the real demos are gathered
-into a flat batch, encoded, and scattered back (`encode_valid_demos`). `ENCODERS` at the
-bottom maps each name of `etrm.config.ENCODER_TYPES` (reference §4) to its module.
+into a flat batch, encoded, and scattered back (`encode_valid_demos`). etrm/registry.py names
+each of them (reference §4) for the config and the model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from etrm.config import ENCODER_TYPES, ModelConfig
+from etrm.config import ModelConfig
 from etrm.grids import PAD, VOCAB_SIZE
 from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, rms_norm
 from etrm.losses import kl_divergence
@@ -234,13 +234,3 @@ class LPNVariationalEncoder(nn.Module):
         kl = masked_mean(kl_divergence(mu, logvar), demo_mask)
         return encoder_output(self.decode(z).view(-1, *self.shape), kl)
 
-
-ENCODERS: dict[str, type[nn.Module]] = {
-    "standard": StandardEncoder,
-    "hybrid_standard": HybridStandardEncoder,
-    "hybrid_variational": HybridVariationalEncoder,
-    "lpn_standard": LPNStandardEncoder,
-    "lpn_variational": LPNVariationalEncoder,
-}
-if ENCODERS.keys() != set(ENCODER_TYPES):  # a name the config accepts must build, and every module be reachable
-    raise ImportError(f"etrm.config.ENCODER_TYPES {sorted(ENCODER_TYPES)} and ENCODERS {sorted(ENCODERS)} differ")

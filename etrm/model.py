@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from etrm.encoders import ENCODERS
 from etrm.grids import VOCAB_SIZE
 from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock
+from etrm.registry import encoder_class
 
 if TYPE_CHECKING:
     from etrm.config import ModelConfig
@@ -101,7 +101,7 @@ class ETRM(nn.Module):
         self.max_demos = max_demos
         self.halt_max_steps = cfg.halt_max_steps
         self.halt_exploration_prob = cfg.halt_exploration_prob
-        self.encoder = ENCODERS[cfg.encoder.type](cfg, grid_size)
+        self.encoder = encoder_class(cfg.encoder.type)(cfg, grid_size)
         self.decoder = TRMDecoder(cfg, grid_size)
 
     def initial_carry(self, batch: Batch) -> Carry:

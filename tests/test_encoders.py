@@ -4,12 +4,13 @@ the reference says, padded demo slots cost nothing and change nothing, latent_di
 import pytest
 import torch
 
-from etrm.config import build_config
-from etrm.encoders import ENCODERS, DemoSetEncoder
+from etrm.config import ConfigError, build_config
+from etrm.encoders import DemoSetEncoder
 from etrm.grids import PAD
 from etrm.losses import q_halt_loss, stablemax_cross_entropy
 from etrm.model import ETRM
 from etrm.optim import build_optimizer
+from etrm.registry import ENCODERS, encoder_class
 
 G, K, B, D, T = 4, 3, 5, 32, 4
 VARIATIONAL = ("hybrid_variational", "lpn_variational")
@@ -32,6 +33,16 @@ def random_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     demo_mask = torch.tensor([[True, True, True], [True, False, False], [True, True, False]] * 2)[:B]
     labels = grids(B)
     return dict(inputs=grids(B), labels=labels, demo_inputs=grids(B, K), demo_outputs=grids(B, K), demo_mask=demo_mask)
+
+
+def test_every_registered_name_is_a_config_value_and_builds_its_own_module():
+    classes = {name: encoder_class(name) for name in ENCODERS}
+    assert all(issubclass(c, torch.nn.Module) for c in classes.values())
+    assert len(set(classes.values())) == len(classes)
+    for name in ENCODERS:
+        assert isinstance(ETRM(tiny_config(name).model, G, K).encoder, classes[name])
+    with pytest.raises(ConfigError, match=r"unknown encoder type 'transformer_xl'; known: \['hybrid_standard'"):
+        build_config({"model": {"encoder": {"type": "transformer_xl"}}})
 
 
 @pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
@@ -96,7 +107,7 @@ def test_final_norm_is_a_no_op_with_post_norm():
 @pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
 def test_padded_slots_and_pad_tokens_do_not_change_the_context(encoder_type):
     torch.manual_seed(0)
-    encoder = ENCODERS[encoder_type](tiny_config(encoder_type).model, G).eval()
+    encoder = encoder_class(encoder_type)(tiny_config(encoder_type).model, G).eval()
     batch = random_batch()
     args = (batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
     reference = encoder(*args).context
@@ -115,7 +126,7 @@ def test_padded_slots_and_pad_tokens_do_not_change_the_context(encoder_type):
 
 @pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
 def test_padded_slots_are_not_encoded(encoder_type):
-    encoder = ENCODERS[encoder_type](tiny_config(encoder_type).model, G)
+    encoder = encoder_class(encoder_type)(tiny_config(encoder_type).model, G)
     rows = []
     encoder.demo_encoder.register_forward_hook(lambda mod, args, out: rows.append((args[0].shape[0], out.shape[0])))
     batch = random_batch()
@@ -127,7 +138,7 @@ def test_padded_slots_are_not_encoded(encoder_type):
 
 @pytest.mark.parametrize("encoder_type", VARIATIONAL)
 def test_latent_dim_is_honoured(encoder_type):
-    encoder = ENCODERS[encoder_type](tiny_config(encoder_type, latent_dim=7).model, G)
+    encoder = encoder_class(encoder_type)(tiny_config(encoder_type, latent_dim=7).model, G)
     latents = []
     encoder.latent.register_forward_hook(lambda mod, args, out: latents.append(out))
     batch = random_batch()
@@ -141,7 +152,7 @@ def test_latent_dim_is_honoured(encoder_type):
 @pytest.mark.parametrize("encoder_type", VARIATIONAL)
 def test_variational_encoders_sample_in_training_only(encoder_type):
     torch.manual_seed(0)
-    encoder = ENCODERS[encoder_type](tiny_config(encoder_type).model, G)
+    encoder = encoder_class(encoder_type)(tiny_config(encoder_type).model, G)
     batch = random_batch()
     args = (batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
     assert not torch.allclose(encoder(*args).context, encoder(*args).context)
@@ -150,7 +161,7 @@ def test_variational_encoders_sample_in_training_only(encoder_type):
 
 
 def test_output_scale_is_the_context_rms():
-    encoder = ENCODERS["lpn_standard"](tiny_config("lpn_standard").model, G)
+    encoder = encoder_class("lpn_standard")(tiny_config("lpn_standard").model, G)
     batch = random_batch()
     out = encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
     torch.testing.assert_close(out.output_scale, out.context.detach().pow(2).mean((1, 2)).sqrt())
