@@ -18,6 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from etrm.registry import ENCODERS
 
+# How often a trial reports, evaluates and checkpoints, and how many CPU threads it uses, change what is seen
+# of it and when, not what it computes (tests/test_train.py trains with other frequencies to the same weights;
+# threads may move the last bits of a parallel sum, as another machine would). So the trial id leaves them out:
+# changing them reruns nothing, and a trial resumes from a checkpoint written at another frequency. Every run
+# still records them (MLflow params, trial_config.json). A sweep cannot vary them (orchestrator/spec.py).
+OBSERVABILITY_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.threads")
+
 SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", "recolour_object")
 
 
@@ -133,16 +140,18 @@ class TrainConfig(Strict):
     )
     q_halt_weight: float = Field(0.5, ge=0, description="Weight of the halting loss in the total loss.")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights used for evaluation; null = off.")
-    log_every: int = Field(10, ge=1, description="Report train metrics every N steps (the only host syncs).")
-    eval_every: int = Field(100, ge=1, description="Evaluate every N steps and at the end.")
-    checkpoint_every: int = Field(100, ge=1, description="Checkpoint every N steps and at the end (with a checkpoint dir).")
+    log_every: int = Field(10, ge=1, description="Report train metrics every N steps: metric values leave the device only on these, eval and "
+                           "checkpoint steps. Not part of the trial id.")
+    eval_every: int = Field(100, ge=1, description="Evaluate every N steps and at the end. Not part of the trial id.")
+    checkpoint_every: int = Field(100, ge=1, description="Checkpoint every N steps and at the end (with a checkpoint dir). "
+                                  "Not part of the trial id.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda if available, else cpu.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="Autocast dtype; auto = bfloat16 where the device has it natively (CUDA, CPUs with AVX512-BF16/AMX), "
         "else float32. On such CPUs bf16 pays off from hidden ~128; tiny models run faster in float32 (bench/RESULTS.md).",
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default). Not part of the trial id.")
 
 
 class DecoderInitConfig(Strict):
@@ -175,9 +184,17 @@ class TrialConfig(Strict):
     decoder: DecoderInitConfig = Field(default_factory=DecoderInitConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
-    def config_hash(self) -> str:
-        """Stable 16-hex-digit hash of the resolved config (key order and formatting do not matter)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    def config_hash(self, without: tuple[str, ...] = ()) -> str:
+        """Stable 16-hex-digit id of what the trial computes: the resolved config less OBSERVABILITY_KEYS
+        (and any dotted keys in `without`); key order and formatting do not matter."""
+        tree = self.model_dump(mode="json")
+        for key in (*OBSERVABILITY_KEYS, *without):
+            *sections, leaf = key.split(".")
+            node = tree
+            for section in sections:
+                node = node[section]
+            del node[leaf]
+        blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

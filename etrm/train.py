@@ -3,8 +3,9 @@
     python -m etrm.train CONFIG.yaml [--set train.lr=3e-4 ...] [--json OUT.json] [--checkpoint-dir DIR]
 
 The trainer knows nothing of Ray or MLflow: it reports through a two-method `Reporter`.
-Host syncs (.item()) happen only on "sync steps" (every log_every / eval_every /
-checkpoint_every step and the last step); in between, everything stays on the device.
+Values leave the device (.item()) only on "sync steps" (every log_every / eval_every /
+checkpoint_every step and the last step); in between, metrics stay on the device. The one
+other host sync is the encoder's demo gather, once per step (encoders.encode_valid_demos).
 A NaN/Inf loss is therefore DETECTED at the next sync step but REPORTED with the exact step
 where it first happened (a device-side tracker records it); the trial then ends with status
 "diverged", without writing a checkpoint of the diverged weights.

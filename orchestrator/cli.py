@@ -88,7 +88,8 @@ def validate(spec: SpecArg) -> None:
 def plan_command(spec: SpecArg) -> None:
     """Show the trials a spec asks for: one row per cell, its seeds, trial ids and what has finished.
 
-    Trial ids are hashes of the resolved trial config (seed included), so relaunching a sweep, or
+    Trial ids are hashes of the resolved trial config (seed included, logging and checkpoint frequencies
+    and threads left out), so relaunching a sweep, or
     adding seeds or axis values, keeps the ids of trials already planned: only the new ones run.
     """
     with user_errors():
@@ -239,8 +240,8 @@ def compare(
 ) -> None:
     """Compare the variants of a sweep from what MLflow holds (works on partly finished sweeps).
 
-    Per cell: n, mean, SD, 95% CIs, failed/diverged counts. Per contrast: paired differences by seed, exact
-    sign-flip test, effect size, Holm across contrasts, a verdict in words. The report (HTML, Markdown,
+    Per cell: n, mean, SD, 95% CIs, failed/diverged counts. Per contrast: paired differences by seed, a
+    sign-flip permutation test (exact up to 16 pairs), effect size, Holm across contrasts, a verdict in words. The report (HTML, Markdown,
     CSV, JSON) is attached to the sweep's parent run, with one summary run per cell.
     """
     from orchestrator.sweep_report import report_sweep

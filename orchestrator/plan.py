@@ -1,7 +1,8 @@
 """The plan: the trials a spec asks for, each with an id that survives relaunches.
 
-A trial's id is the hash of its resolved TrialConfig, seed included, so the same
-trial gets the same id whenever it is planned: relaunching a sweep, or adding seeds
+A trial's id is the hash of its resolved TrialConfig, seed included (reporting and
+checkpoint frequencies and CPU threads left out: etrm.config.OBSERVABILITY_KEYS), so the
+same trial gets the same id whenever it is planned: relaunching a sweep, or adding seeds
 or axis values to it, leaves the ids of existing trials unchanged and only the new
 ones run. A cell's id hashes the same config without the seed, so it is shared by
 all of the cell's seeds and does not change when seeds are added.
@@ -12,8 +13,6 @@ draws `num_samples` configs at launch, and the plan only describes that.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,14 +63,6 @@ class Plan:
         return text + (f" ({self.excluded_cells} cells excluded)" if self.excluded_cells else "")
 
 
-def cell_hash(config: TrialConfig) -> str:
-    """Like TrialConfig.config_hash(), without the seed: one id for every seed of a cell."""
-    tree = config.model_dump(mode="json")
-    del tree["seed"]
-    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def short_names(keys: list[str]) -> dict[str, str]:
     """The shortest dotted suffix of each key that no other key ends with (final_norm, encoder.num_layers)."""
     names = {}
@@ -90,7 +81,7 @@ def planned_trial(spec: SweepSpec, variant: dict[str, Any], seed: int) -> Planne
     config = build_config(spec.base, variant | {"seed": seed})
     names = short_names(list(variant))
     label = " ".join(f"{names[k]}={show_value(v)}" for k, v in variant.items()) or "base"
-    return PlannedTrial(config.config_hash(), cell_hash(config), label, seed, dict(variant), config)
+    return PlannedTrial(config.config_hash(), config.config_hash(without=("seed",)), label, seed, dict(variant), config)
 
 
 def make_plan(spec: SweepSpec) -> Plan:

@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from etrm.config import ConfigError, build_config, config_keys
+from etrm.config import OBSERVABILITY_KEYS, ConfigError, build_config, config_keys
 from etrm.metrics import METRICS
 
 DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var")
@@ -315,6 +315,8 @@ def _key_problem(key: str) -> str | None:
     keys = config_keys()
     if key == "seed":
         return "the seed is not an axis: list seeds under `seeds:` (cells share them, so arms pair by seed)"
+    if key in OBSERVABILITY_KEYS:
+        return "changes how a trial is watched, not what it computes, so the trial id ignores it; set it in `base:`"
     if key in keys:
         return None
     inside = [k for k in keys if k.startswith(key + ".")]

@@ -22,3 +22,12 @@ def test_every_config_key_is_documented_with_a_description():
     assert all(field.description for field in config_keys().values())
     documented = set(re.findall(r"^\| `([\w.]+)` \|", README, flags=re.M))
     assert set(config_keys()) <= documented
+
+
+def test_readme_states_where_the_permutation_tests_stop_being_exact():
+    from orchestrator import stats
+
+    text = " ".join(README.split())
+    assert f"Exact (every pattern enumerated) up to {stats.MAX_EXACT_FLIPS} pairs" in text
+    assert f"up to {stats.MAX_EXACT_RELABELINGS:,} relabelings" in text
+    assert text.count(f"{stats.N_RANDOM_DRAWS:,} seeded random") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from etrm.config import OBSERVABILITY_KEYS
 from orchestrator.cli import app, render_plan
 from orchestrator.plan import make_plan, planned_trial, short_names
-from orchestrator.spec import load_spec, parse_spec
+from orchestrator.spec import SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -71,6 +73,23 @@ def test_trial_ids_are_stable_across_processes():
 def test_trial_id_is_the_config_hash():
     trial = plan_of().trials[0]
     assert trial.trial_id == trial.config.config_hash()
+
+
+def test_how_often_a_trial_reports_is_not_part_of_its_id():
+    """Logging, eval and checkpoint frequencies and CPU threads change what is seen of a trial, not what it
+    computes: changing them reruns nothing (test_train holds that the weights do not move)."""
+    base = copy.deepcopy(SPEC["base"])
+    base["train"] |= {"log_every": 1, "eval_every": 5, "checkpoint_every": 2, "threads": 1}
+    watched = plan_of(base=base)
+    assert ids(watched) == ids(plan_of()) and list(watched.cells) == list(plan_of().cells)
+    assert watched.trials[0].config.train.log_every == 1  # still in the config every run records
+    assert ids(plan_of(base=copy.deepcopy(SPEC["base"]) | {"train": {"steps": 11}})) != ids(plan_of())
+
+
+@pytest.mark.parametrize("key", OBSERVABILITY_KEYS)
+def test_an_observability_key_is_not_an_axis(key):
+    with pytest.raises(SpecError, match=rf"^axes\.{re.escape(key)}: changes how a trial is watched, not what it computes"):
+        plan_of(axes={key: [1, 2]}, contrast=None, exclude=[])
 
 
 def test_adding_a_seed_keeps_old_ids():

@@ -122,6 +122,18 @@ def test_crash_and_resume_equals_a_straight_run(tmp_path):
         train(tiny(**{"faults.raise_at_step": 10, "train.lr": 3e-4}), checkpoint_dir=tmp_path / "crashed")
 
 
+def test_reporting_and_checkpoint_frequencies_do_not_change_what_a_trial_computes(tmp_path):
+    """Why the trial id leaves them out (etrm.config.OBSERVABILITY_KEYS): other log, eval and checkpoint
+    steps train to the same weights bit for bit, and evaluate them the same at the end."""
+    a = train(tiny(), checkpoint_dir=tmp_path / "a")
+    watched = tiny(**{"train.log_every": 1, "train.eval_every": 5, "train.checkpoint_every": 7})
+    b = train(watched, checkpoint_dir=tmp_path / "b")
+    assert watched.config_hash() == tiny().config_hash()
+    _assert_same_tensors(_final_state(tmp_path / "a")["model"], _final_state(tmp_path / "b")["model"], "model")
+    evals = [{k: v for k, v in r.metrics.items() if k.startswith(("eval/", "ARC/"))} for r in (a, b)]
+    assert evals[0] and evals[0] == evals[1]
+
+
 def test_crash_fault_raises_without_a_checkpoint_dir():
     with pytest.raises(TrialCrashed, match="step 2"):
         train(tiny(**{"faults.raise_at_step": 2}))
