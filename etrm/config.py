@@ -140,8 +140,8 @@ class TrainConfig(Strict):
     )
     q_halt_weight: float = Field(0.5, ge=0, description="Weight of the halting loss in the total loss.")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights used for evaluation; null = off.")
-    log_every: int = Field(10, ge=1, description="Report train metrics every N steps: metric values leave the device only on these, eval and "
-                           "checkpoint steps. Not part of the trial id.")
+    log_every: int = Field(10, ge=1, description="Report train metrics every N steps: metric values leave the device "
+                           "only on these, eval and checkpoint steps. Not part of the trial id.")
     eval_every: int = Field(100, ge=1, description="Evaluate every N steps and at the end. Not part of the trial id.")
     checkpoint_every: int = Field(100, ge=1, description="Checkpoint every N steps and at the end (with a checkpoint dir). "
                                   "Not part of the trial id.")

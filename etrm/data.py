@@ -22,10 +22,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from etrm import synthetic
 from etrm.augment import Augmentation, dihedral
 from etrm.config import SYNTHETIC_FAMILIES, DataConfig
 from etrm.grids import encode_grid
-from etrm import synthetic
 
 Pair = tuple[np.ndarray, np.ndarray]
 Batch = dict[str, torch.Tensor]

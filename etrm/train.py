@@ -35,8 +35,8 @@ from etrm.grids import PAD
 from etrm.losses import q_halt_loss, softmax_cross_entropy, stablemax_cross_entropy
 from etrm.metrics import METRICS
 from etrm.model import ETRM, Batch, Carry, StepOutput
-from etrm.status import TrialStatus
 from etrm.optim import build_optimizer, lr_at, set_lr
+from etrm.status import TrialStatus
 
 LM_LOSSES = {"stablemax": stablemax_cross_entropy, "softmax": softmax_cross_entropy}
 CRASH_MARKER = "crash-fault-fired"

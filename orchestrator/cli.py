@@ -7,7 +7,6 @@ traceback, and nothing is launched.
 
 from __future__ import annotations
 
-import importlib.util
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -54,9 +53,9 @@ def user_errors() -> Iterator[None]:
 def trial(
     config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", show_default=False,
                                            help="A trial config: the `base:` part of a spec, as its own file.")],
-    set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", show_default=False,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", show_default=False,
                                             help="Override one key, value parsed as YAML: --set model.encoder.final_norm=false "
-                                                 "--set train.lr=3e-4. Repeatable.")] = [],
+                                                 "--set train.lr=3e-4. Repeatable.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", metavar="OUT", show_default=False,
                                                   help="Also write the result (status, step, final metrics, config hash) as JSON.")] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(metavar="DIR", show_default=False,
@@ -68,7 +67,7 @@ def trial(
     """
     from etrm.train import run_trial_cli  # imports torch and the trainer: only for this command
 
-    raise typer.Exit(run_trial_cli(config, set_, json_out, checkpoint_dir))
+    raise typer.Exit(run_trial_cli(config, set_ or [], json_out, checkpoint_dir))
 
 
 @app.command()

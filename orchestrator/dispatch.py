@@ -29,7 +29,7 @@ from orchestrator import local_ray
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
-from orchestrator.spec import SweepSpec, check_resources
+from orchestrator.spec import SpecError, SweepSpec
 from orchestrator.trainable import run_trial
 from orchestrator.workspace import SweepContext, Workspace
 
@@ -152,6 +152,27 @@ def connect(address: str | None) -> str | None:
     return f"http://{url}" if url and not url.startswith("http") else url
 
 
+def check_resources(spec: SweepSpec, cluster_resources: dict[str, float]) -> None:
+    """At launch, once connected to Ray: refuse a per-trial request no node pool could ever satisfy."""
+    problems = []
+    have_gpu, have_cpu = cluster_resources.get("GPU", 0), cluster_resources.get("CPU", 0)
+    if spec.resources.gpu > have_gpu:
+        has = f"only {have_gpu:g}" if have_gpu else "none"
+        problems.append(
+            f"resources.gpu: each trial asks for {spec.resources.gpu:g} GPU but the cluster has {has}; "
+            "connect to a GPU cluster (cluster.address) or set resources.gpu: 0"
+        )
+    if spec.resources.cpu > have_cpu:
+        problems.append(f"resources.cpu: each trial asks for {spec.resources.cpu:g} CPUs but the cluster has {have_cpu:g}")
+    for name, amount in spec.resources.custom.items():
+        have = cluster_resources.get(name, 0)
+        if amount > have:
+            problems.append(f"resources.custom.{name}: each trial asks for {amount:g} but the cluster has "
+                            + (f"only {have:g}" if have else "none (no node was started with it)"))
+    if problems:
+        raise SpecError("\n".join(problems))
+
+
 @dataclass
 class Search:
     """How Tune generates this launch's trials: the param space, the searcher, and how a Tune trial's
@@ -183,7 +204,8 @@ def optuna_search(spec: SweepSpec, store: SweepStore) -> Search:
     """Optuna through Ray Tune; trials finished by earlier launches seed the study instead of rerunning."""
     from ray.tune.search.optuna import OptunaSearch
 
-    optuna = spec.search.optuna
+    optuna = spec.optuna
+    assert optuna is not None and optuna.metric is not None  # resolve() chose the metric
     points, rewards = [], []
     for record in store.records([optuna.metric]):
         if record.status in DONE and optuna.metric in record.final:

@@ -233,27 +233,10 @@ class SweepSpec(Strict):
             raise ValueError(f"{v!r}: use `grid` or {{optuna: {{num_samples, metric, mode, space}}}}")
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "SweepSpec":
-        """Cross-field checks; they also give axis, exclude and contrast values the types of their config keys."""
-        problems = _base_problems(self) + _scheduler_problems(self)
-        if self.search == "grid":
-            problems += _axes_problems(self)
-            if not problems:
-                problems += _exclude_problems(self)
-            if not problems:
-                problems += _contrast_problems(self)
-            if not problems:
-                problems += _cell_problems(self)
-        else:
-            problems += _optuna_problems(self)
-        metric_problems = _metric_problems(self)
-        problems += metric_problems or _direction_problems(self)
-        if problems:
-            raise ValueError("\n".join(dict.fromkeys(problems)))
-        if self.tracking.experiment is None:
-            self.tracking.experiment = self.name
-        return self
+    @property
+    def optuna(self) -> Optuna | None:
+        """The Optuna settings, or None for a grid search."""
+        return self.search.optuna if isinstance(self.search, OptunaSearch) else None
 
     def cells(self) -> list[dict[str, Any]]:
         """The grid: every combination of axis values (in spec order), minus excluded ones; [{}] without axes."""
@@ -268,9 +251,9 @@ class SweepSpec(Strict):
         """(metric, mode) that Optuna and ASHA optimise: Optuna's metric and mode, else the first of `metrics`;
         a mode left unset is the metric's better direction (etrm.metrics.METRICS). None only for a grid
         without ASHA, where nothing optimises: validation refuses Optuna and ASHA without a mode."""
-        if self.search == "grid":
+        opt = self.optuna
+        if opt is None or opt.metric is None:  # resolve() gives Optuna a metric; a spec before it may lack one
             return self.metrics[0], METRICS[self.metrics[0]].mode
-        opt = self.search.optuna
         return opt.metric, opt.mode or METRICS[opt.metric].mode
 
 
@@ -293,7 +276,49 @@ def _common(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in cells[0].items() if all(c[k] == v for c in cells)}
 
 
-# ---- cross-field checks: each returns one line per problem, naming the field ----
+# ---- resolving: values as the trial config holds them, defaults filled in ----
+
+
+def resolve(spec: SweepSpec) -> SweepSpec:
+    """A copy of `spec` with axis, exclude and contrast values as their config keys hold them (YAML's `1e-4`
+    is a string; kl_weight wants 0.0001), the experiment named and Optuna's metric chosen. A value that does
+    not fit its key is left as written, for check() to name."""
+    def typed(key: str, value: Any) -> Any:
+        try:
+            return _typed(key, value) if key in config_keys() else value
+        except ValueError:
+            return value
+
+    update: dict[str, Any] = {
+        "axes": {key: [typed(key, v) for v in values] for key, values in spec.axes.items()},
+        "exclude": [{key: typed(key, v) for key, v in entry.items()} for entry in spec.exclude],
+        "tracking": spec.tracking.model_copy(update={"experiment": spec.tracking.experiment or spec.name}),
+    }
+    if (c := spec.contrast) is not None:
+        update["contrast"] = c.model_copy(update={"treatment": typed(c.axis, c.treatment), "control": typed(c.axis, c.control)})
+    if (opt := spec.optuna) is not None and opt.metric is None and spec.metrics:
+        update["search"] = OptunaSearch(optuna=opt.model_copy(update={"metric": spec.metrics[0]}))
+    return spec.model_copy(update=update)
+
+
+# ---- cross-field checks: each returns one line per problem, naming the field; none changes the spec ----
+
+
+def check(spec: SweepSpec) -> list[str]:
+    """Every cross-field problem of a resolved spec (the schema has checked each field alone)."""
+    problems = _base_problems(spec) + _scheduler_problems(spec)
+    if spec.optuna is None:
+        problems += _axes_problems(spec)
+        if not problems:
+            problems += _exclude_problems(spec)
+        if not problems:
+            problems += _contrast_problems(spec)
+        if not problems:
+            problems += _cell_problems(spec)
+    else:
+        problems += _optuna_problems(spec)
+    problems += _metric_problems(spec) or _direction_problems(spec)
+    return list(dict.fromkeys(problems))
 
 
 @functools.cache
@@ -344,16 +369,14 @@ def _axes_problems(spec: SweepSpec) -> list[str]:
             continue
         if not values:
             problems.append(f"axes.{key}: give at least one value")
-        typed = []
         for i, value in enumerate(values):
             try:
-                typed.append(_typed(key, value))
+                _typed(key, value)
             except ValueError as err:
                 problems.append(f"axes.{key}[{i}]: {err}")
                 continue
-            if typed[-1] in typed[:-1]:
+            if value in values[:i]:
                 problems.append(f"axes.{key}[{i}]: {value!r} is listed twice")
-        spec.axes[key] = typed
     return problems
 
 
@@ -368,11 +391,11 @@ def _exclude_problems(spec: SweepSpec) -> list[str]:
                 problems.append(f"{where}: not an axis (exclusions select cells by axis values)")
                 continue
             try:
-                entry[key] = _typed(key, value)
+                _typed(key, value)
             except ValueError as err:
                 problems.append(f"{where}: {err}")
                 continue
-            if entry[key] not in spec.axes[key]:
+            if value not in spec.axes[key]:
                 problems.append(f"{where}: {value!r} is not one of the axis values {spec.axes[key]}")
     if not problems and not spec.cells():
         problems.append(f"exclude: removes all {spec.grid_size()} cells of the grid")
@@ -389,7 +412,7 @@ def _contrast_problems(spec: SweepSpec) -> list[str]:
     problems = []
     for arm in ("treatment", "control"):
         try:
-            setattr(c, arm, _typed(c.axis, getattr(c, arm)))
+            _typed(c.axis, getattr(c, arm))
         except ValueError as err:
             problems.append(f"contrast.{arm}: {err}")
             continue
@@ -421,8 +444,9 @@ def _scheduler_problems(spec: SweepSpec) -> list[str]:
 
 def _direction_problems(spec: SweepSpec) -> list[str]:
     """Optuna and ASHA need to know which way the metric they rank trials by is better (after _metric_problems)."""
-    if spec.search != "grid":
-        opt = spec.search.optuna
+    if (opt := spec.optuna) is not None:
+        if opt.metric is None:  # no metrics at all: _metric_problems said so
+            return []
         if opt.mode is None and METRICS[opt.metric].mode is None:
             return [f"search.optuna.mode: {opt.metric} has no better direction (etrm.metrics.METRICS); "
                     "set mode: max or mode: min"]
@@ -463,7 +487,8 @@ def _blame(spec: SweepSpec, line: str, cells: list[dict[str, Any]]) -> str:
 
 
 def _optuna_problems(spec: SweepSpec) -> list[str]:
-    opt = spec.search.optuna
+    opt = spec.optuna
+    assert opt is not None
     problems = []
     if spec.axes:
         problems.append("axes: optuna search samples `search.optuna.space` instead of a grid; move the axes there or use `search: grid`")
@@ -501,12 +526,8 @@ def _metric_problems(spec: SweepSpec) -> list[str]:
             problems.append(unknown(f"metrics[{i}]", name))
         elif name in spec.metrics[:i]:
             problems.append(f"metrics[{i}]: {name} is listed twice")
-    if spec.search != "grid":
-        opt = spec.search.optuna
-        if opt.metric is None:
-            opt.metric = spec.metrics[0] if spec.metrics else None
-        elif opt.metric not in METRICS:
-            problems.append(unknown("search.optuna.metric", opt.metric))
+    if (opt := spec.optuna) is not None and opt.metric is not None and opt.metric not in METRICS:
+        problems.append(unknown("search.optuna.metric", opt.metric))
     return problems
 
 
@@ -561,11 +582,15 @@ def format_spec_error(err: ValidationError) -> str:
 
 
 def parse_spec(tree: dict[str, Any]) -> SweepSpec:
-    """Validate a spec already read from YAML (or built in code), or raise SpecError."""
+    """Validate a spec already read from YAML (or built in code), resolved, or raise SpecError: the schema
+    first (each field alone), then the cross-field checks on the resolved values."""
     try:
-        return SweepSpec.model_validate(tree)
+        spec = resolve(SweepSpec.model_validate(tree))
     except ValidationError as err:
         raise SpecError(format_spec_error(err)) from None
+    if problems := check(spec):
+        raise SpecError("\n".join(problems))
+    return spec
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -587,24 +612,3 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(tree, dict):
         raise SpecError(f"{path}: the top level must be a mapping (name:, base:, axes:, seeds:, ...)")
     return parse_spec(tree)
-
-
-def check_resources(spec: SweepSpec, cluster_resources: dict[str, float]) -> None:
-    """At launch, once connected to Ray: refuse a per-trial request no node pool could ever satisfy."""
-    problems = []
-    have_gpu, have_cpu = cluster_resources.get("GPU", 0), cluster_resources.get("CPU", 0)
-    if spec.resources.gpu > have_gpu:
-        has = f"only {have_gpu:g}" if have_gpu else "none"
-        problems.append(
-            f"resources.gpu: each trial asks for {spec.resources.gpu:g} GPU but the cluster has {has}; "
-            "connect to a GPU cluster (cluster.address) or set resources.gpu: 0"
-        )
-    if spec.resources.cpu > have_cpu:
-        problems.append(f"resources.cpu: each trial asks for {spec.resources.cpu:g} CPUs but the cluster has {have_cpu:g}")
-    for name, amount in spec.resources.custom.items():
-        have = cluster_resources.get(name, 0)
-        if amount > have:
-            problems.append(f"resources.custom.{name}: each trial asks for {amount:g} but the cluster has "
-                            + (f"only {have:g}" if have else "none (no node was started with it)"))
-    if problems:
-        raise SpecError("\n".join(problems))

@@ -30,8 +30,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from etrm.metrics import METRICS
-from orchestrator.provenance import code_version, package_versions
 from etrm.status import DONE, RECORDED, TrialStatus
+from orchestrator.provenance import code_version, package_versions
 from orchestrator.records import TrialRecord, mlflow_metric_name
 
 

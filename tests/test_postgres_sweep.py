@@ -15,10 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from harness import CLI, TINY_BASE
 from orchestrator.spec import parse_spec
 from orchestrator.tracking_db import ensure_schema
 from orchestrator.workspace import SweepContext, Workspace
-from harness import CLI, TINY_BASE
 from services import descendants, kill_pids, service_env, start_mlflow, start_postgres
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from services import start_mlflow, start_postgres, service_env
+from services import service_env, start_mlflow, start_postgres
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from harness import run_cli
 from orchestrator.cli import app
 from orchestrator.plan import make_plan
-from orchestrator.spec import SpecError, check_resources, load_spec, parse_spec
+from orchestrator.spec import SpecError, check, load_spec, parse_spec, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -280,12 +280,33 @@ def test_optuna_defaults_to_the_primary_metric():
     assert spec.primary_metric() == ("train/lm_loss", "min")
 
 
+def test_resolve_types_the_values_and_check_changes_nothing():
+    """resolve() is the one step that normalises; the cross-field checks only read."""
+    tree = copy.deepcopy(VALID)
+    tree["axes"]["model.encoder.kl_weight"] = [0.0, "1e-4"]
+    tree["exclude"] = [{"model.encoder.type": "hybrid_standard", "model.encoder.kl_weight": "1e-4"}]
+    given = copy.deepcopy(tree)
+    spec = parse_spec(tree)
+    assert tree == given  # the caller's tree is not touched
+    assert spec.axes["model.encoder.kl_weight"] == [0.0, 1.0e-4] and spec.exclude[0]["model.encoder.kl_weight"] == 1.0e-4
+    assert spec.tracking.experiment == "spec-test" and resolve(spec) == spec  # resolving twice changes nothing
+
+    dumped = spec.model_dump()
+    assert check(spec) == [] and spec.model_dump() == dumped
+    bad = spec.model_copy(update={"exclude": [{"model.encoder.type": "standard"}]})
+    assert check(bad) == ["exclude[0].model.encoder.type: 'standard' is not one of the axis values "
+                          "['hybrid_standard', 'hybrid_variational']"]
+    assert bad.exclude == [{"model.encoder.type": "standard"}] and spec.model_dump() == dumped
+
+
 def test_load_spec_reads_yaml(tmp_path):
     path = write_case(tmp_path, lambda tree: None)
     assert load_spec(path) == parse_spec(VALID)
 
 
 def test_check_resources():
+    from orchestrator.dispatch import check_resources  # at launch, against the cluster Ray reports
+
     gpu_spec = parse_spec(copy.deepcopy(VALID) | {"resources": {"cpu": 4, "gpu": 0.5}})
     check_resources(gpu_spec, {"CPU": 16.0, "GPU": 1.0, "memory": 1e10})
     with pytest.raises(SpecError, match=r"^resources\.gpu: each trial asks for 0\.5 GPU but the cluster has none"):

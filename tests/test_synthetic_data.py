@@ -60,7 +60,7 @@ def test_held_out_rule_instances_are_new():
         assert split["eval"] and split["train"]
         assert not set(split["train"]) & set(split["eval"])
         assert sorted(split["train"] + split["eval"]) == sorted(fam.keys())
-        rules = lambda ps: {p.rule for p in ps if p.id.endswith(name)}  # noqa: E731
+        rules = lambda ps, name=name: {p.rule for p in ps if p.id.endswith(name)}  # noqa: E731
         assert rules(evals) and not rules(train) & rules(evals), name
 
 
