@@ -68,6 +68,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: nn.Module | None,
     sampler: Any,
+    grad_spikes: Any,
     carry: Carry,
     metrics: dict[str, float],
 ) -> None:
@@ -79,6 +80,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
         "sampler": sampler.state_dict(),
+        "grad_spikes": grad_spikes.state_dict(),  # the norm history behind the running median
         "carry": _carry_to_dict(carry),
         "rng": _rng_state(),
         "metrics": metrics,  # the last logged values, so a trial resumed at its end still reports them
@@ -100,6 +102,7 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: nn.Module | None,
     sampler: Any,
+    grad_spikes: Any,
     device: torch.device,
 ) -> tuple[int, Carry, dict[str, float]]:
     """Restore everything `save_checkpoint` wrote, in place; return (step, carry, last metrics)."""
@@ -115,6 +118,8 @@ def load_checkpoint(
     if ema is not None:
         ema.load_state_dict(state["ema"])
     sampler.load_state_dict(state["sampler"])
+    if "grad_spikes" in state:  # older checkpoints lack it: the running median then starts afresh
+        grad_spikes.load_state_dict(state["grad_spikes"])
     _set_rng_state(state["rng"])
     carry = Carry(**_to_device(state["carry"], device))
     return state["step"], carry, state["metrics"]

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from etrm.registry import ENCODERS
+from etrm.registry import ENCODERS, IGNORED_BECAUSE
 
 # How often a trial reports, evaluates and checkpoints, and how many CPU threads it uses, change what is seen
 # of it and when, not what it computes (tests/test_train.py trains with other frequencies to the same weights;
@@ -95,6 +95,21 @@ class EncoderConfig(Strict):
     def _known_type(cls, v: str) -> str:
         if v not in ENCODERS:
             raise ValueError(f"unknown encoder type {v!r}; known: {sorted(ENCODERS)}")
+        return v
+
+    @field_validator("*")
+    @classmethod
+    def _used_by_encoder(cls, v: Any, info: ValidationInfo) -> Any:
+        """Refuse a knob the encoder ignores, unless it keeps its default: the default says nothing, and a
+        base config that sets a knob for the encoders that use it stays valid for the others only that way."""
+        kind, name = info.data.get("type"), info.field_name
+        if name == "type" or kind not in ENCODERS or name in ENCODERS[kind].knobs:
+            return v
+        default = cls.model_fields[name].default
+        if v != default:
+            why = IGNORED_BECAUSE.get(name, "it does not build from it")
+            raise ValueError(f"the {kind} encoder ignores {name} ({why}); leave it at its default "
+                             f"{json.dumps(default)} or pick an encoder that uses it")
         return v
 
 

@@ -15,6 +15,12 @@ from typing import Literal
 
 Better = Literal["higher", "lower"] | None
 
+# grad/spike_steps: a step whose gradient norm exceeds SPIKE_FACTOR × the median norm of the previous
+# SPIKE_MEDIAN_WINDOW steps, counted once SPIKE_MIN_HISTORY steps are known (etrm.diagnostics.GradSpikes).
+SPIKE_FACTOR = 3.0
+SPIKE_MEDIAN_WINDOW = 100
+SPIKE_MIN_HISTORY = 10
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -61,17 +67,39 @@ _TABLE = [
            "Gradient norm of the encoder parameters, before clipping."),
     Metric("grad/decoder_norm", None, "grad norm", "norm", False,
            "Gradient norm of the decoder parameters, before clipping (0 when frozen)."),
+    # Gradient explosions over the whole log window, not only at the log step (etrm.diagnostics.GradSpikes).
+    Metric("grad/max_norm", None, "grad norm", "norm", False,
+           "Largest global gradient norm (before clipping) of any step in the log window."),
+    Metric("grad/clipped_steps", None, "steps", "count", False,
+           "Steps in the log window whose gradient norm exceeded train.grad_clip (and were clipped)."),
+    Metric("grad/spike_steps", "lower", "steps", "count", False,
+           f"Steps in the log window whose gradient norm (before clipping) exceeded {SPIKE_FACTOR:g}× the median norm "
+           f"of the previous {SPIKE_MEDIAN_WINDOW} steps (counted once {SPIKE_MIN_HISTORY} steps are known)."),
     # Encoder diagnostics on the context c (B, T, D) of the current batch at the log step.
     Metric("encoder_output_mean", None, "scale", "level", False, "Mean of the context tokens' entries."),
     Metric("encoder_output_std", None, "scale", "spread", False, "Std of the context tokens' entries."),
     Metric("encoder_output_norm", None, "scale", "norm", False, "Mean L2 norm of a context token."),
-    Metric("encoder_cross_sample_var", None, "scale²", "variance", False,
-           "Variance across the batch, averaged over T and D (high = unstable encoder)."),
-    Metric("encoder_token_std", None, "scale", "spread", False,
-           "Std across the T context tokens, averaged over samples and D (0 = tokens collapsed)."),
     Metric("encoder_output_scale", None, "scale", "norm", False,
-           "RMS of the context per sample, mean over the batch; hybrid_variational's output is not normalised, so "
-           "read its cross-sample variance against this."),
+           "RMS of the context per sample, mean over the batch: the scale the raw statistics carry (1 with the "
+           "final norm; a pre-norm set encoder without it, and hybrid_variational's unnormalised output, drift)."),
+    Metric("encoder_cross_sample_var", None, "scale²", "variance", False,
+           "Variance across the batch, averaged over T and D (the research's). Raw: it moves with scale², so it "
+           "falls with the final norm by construction; compare encoder_cross_sample_var_rel."),
+    Metric("encoder_cross_sample_var_rel", None, "1", "variance", False,
+           "encoder_cross_sample_var / mean square of the context: the share of the context's energy that differs "
+           "between samples (0 = every sample gets the same context, 1 = nothing shared). Scale-free: the "
+           "comparison's 'variance'."),
+    Metric("encoder_cross_sample_cosine", None, "1", "similarity", False,
+           "Mean cosine similarity between two samples' whole contexts (T×D flattened), over all pairs in the batch "
+           "(1 = collapse: every sample points the same way). Scale-free."),
+    Metric("encoder_token_std", None, "scale", "spread", False,
+           "Std across the batch, averaged over T and D (the research's context.std(dim=0)). Raw: moves with scale."),
+    Metric("encoder_token_spread", None, "scale", "spread", False,
+           "Std across a sample's T context tokens, averaged over samples and D (0 = the T tokens are identical). "
+           "Raw: moves with scale."),
+    Metric("encoder_token_spread_rel", None, "1", "spread", False,
+           "Per sample, the spread across its T tokens over its RMS (sqrt of variance over T / mean square), mean "
+           "over the batch (0 = the T tokens collapsed to one). Scale-free."),
     # Evaluation on held-out puzzles (voting over augmented variants, full halt_max_steps).
     Metric("eval/accuracy", "higher", "fraction", "accuracy", False,
            "Token accuracy over every eval row (all augmented variants, before voting), PAD ignored."),

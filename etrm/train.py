@@ -29,7 +29,7 @@ import torch
 from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, save_checkpoint
 from etrm.config import ConfigError, TrialConfig, load_config
 from etrm.data import EvalSet, TrainSampler, load_puzzles
-from etrm.diagnostics import HaltedMeans, encoder_diagnostics, grad_norm
+from etrm.diagnostics import GradSpikes, HaltedMeans, encoder_diagnostics, grad_norm
 from etrm.evaluate import evaluate
 from etrm.grids import PAD
 from etrm.losses import q_halt_loss, softmax_cross_entropy, stablemax_cross_entropy
@@ -202,10 +202,12 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
     ema_pairs = (list(s.ema.parameters()), list(model.parameters())) if s.ema is not None else None
 
     step, carry, last = 0, None, {}
+    grad_spikes = GradSpikes(tc.grad_clip, s.device)
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         step, carry, last = load_checkpoint(
-            ckpt_path, cfg=cfg, model=model, optimizer=optimizer, ema=s.ema, sampler=s.sampler, device=s.device
+            ckpt_path, cfg=cfg, model=model, optimizer=optimizer, ema=s.ema, sampler=s.sampler,
+            grad_spikes=grad_spikes, device=s.device,
         )
 
     halted_means = HaltedMeans(s.device)
@@ -236,6 +238,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
             part_norms = {"grad/encoder_norm": grad_norm(list(model.encoder.parameters())),
                           "grad/decoder_norm": grad_norm(list(model.decoder.parameters()))}
         total_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
+        grad_spikes.add(total_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema_pairs is not None:
@@ -249,7 +252,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
         elapsed = time.perf_counter() - timer
         window = halted_means.pop()
         metrics = {k: v for k, v in window.items() if k != "_count"} if window["_count"] > 0 else {}
-        metrics |= encoder_diagnostics(out.context)
+        metrics |= encoder_diagnostics(out.context) | grad_spikes.pop()
         metrics |= part_norms | {"grad/total_norm": total_norm, "encoder_output_scale": out.output_scale.float().mean()}
         metrics = {k: float(v) for k, v in metrics.items()} | {"train/lr": lr}
         metrics["perf/samples_per_s"] = timed_steps * tc.batch_size / elapsed
@@ -267,7 +270,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
         last |= metrics
         if ckpt_path is not None and (step % tc.checkpoint_every == 0 or step == tc.steps):
             save_checkpoint(ckpt_path, cfg=cfg, step=step, model=model, optimizer=optimizer, ema=s.ema,
-                            sampler=s.sampler, carry=carry, metrics=last)
+                            sampler=s.sampler, grad_spikes=grad_spikes, carry=carry, metrics=last)
             reporter.checkpoint_saved(step, ckpt_path)
         timer, timed_steps = time.perf_counter(), 0
 

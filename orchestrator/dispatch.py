@@ -29,7 +29,7 @@ from orchestrator import local_ray
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
-from orchestrator.spec import SpecError, SweepSpec
+from orchestrator.spec import SpecError, SweepSpec, base_for
 from orchestrator.trainable import run_trial
 from orchestrator.workspace import SweepContext, Workspace
 
@@ -240,7 +240,7 @@ def _scheduler(spec: SweepSpec, plan: Plan):
     from ray.tune.schedulers import ASHAScheduler
 
     _, mode = spec.primary_metric()
-    max_steps = max((t.config.train.steps for t in plan.trials), default=build_config(spec.base).train.steps)
+    max_steps = max((t.config.train.steps for t in plan.trials), default=build_config(base_for(spec.base, {})).train.steps)
     return ASHAScheduler(time_attr="etrm/step", metric="etrm/score", mode=mode, max_t=max_steps,
                          grace_period=max(1, max_steps // 16), reduction_factor=4,
                          stop_last_trials=False)  # a trial that reaches the end finishes on its own

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etrm.config import TrialConfig, build_config
-from orchestrator.spec import SweepSpec, show_value
+from orchestrator.spec import SweepSpec, base_for, show_value
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def short_names(keys: list[str]) -> dict[str, str]:
 
 def planned_trial(spec: SweepSpec, variant: dict[str, Any], seed: int) -> PlannedTrial:
     """The trial that runs `variant` (axis or sampled key -> value) over the spec's base with `seed`."""
-    config = build_config(spec.base, variant | {"seed": seed})
+    config = build_config(base_for(spec.base, variant), variant | {"seed": seed})
     names = short_names(list(variant))
     label = " ".join(f"{names[k]}={show_value(v)}" for k, v in variant.items()) or "base"
     return PlannedTrial(config.config_hash(), config.config_hash(without=("seed",)), label, seed, dict(variant), config)

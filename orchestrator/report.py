@@ -71,6 +71,17 @@ def cell_table(comparison: Comparison, metric: str) -> tuple[list[str], list[lis
     return headers, rows
 
 
+def overview_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Every metric's mean per cell side by side (e.g. the scale-free variance next to the max gradient norm and
+    the spike count), each in its display unit; n is the trials that entered (finished or diverged)."""
+    headers = ["cell", "n", *comparison.metrics]
+    rows = []
+    for cell in comparison.cells:
+        n = len(cell.seeds("finished")) + len(cell.seeds("diverged"))
+        rows.append([cell.label, str(n), *(format_value(m, cell.metrics[m].mean) for m in comparison.metrics)])
+    return headers, rows
+
+
 def contrast_table(comparison: Comparison, metric: str) -> tuple[list[str], list[list[str]]]:
     headers = [
         "context", "test", "n (t/c)", "difference", "95% CI (t)", "95% CI (bootstrap)", "p", "p (Holm)",
@@ -113,6 +124,13 @@ def print_report(comparison: Comparison, console: Console) -> None:
             for row in rows:
                 table.add_row(*row)
             console.print(table)
+    table = Table(title="all metrics: mean over seeds per cell", title_justify="left")
+    headers, rows = overview_table(comparison)
+    for h in headers:
+        table.add_column(h, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
     for title, results in _verdict_groups(comparison):
         console.rule(title)
         for r, sentence in results:
@@ -130,6 +148,7 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def to_markdown(comparison: Comparison) -> str:
     out = [f"# {TITLE}", "", _header(comparison), ""]
+    out += ["## All metrics: mean over seeds per cell", "", _md_table(*overview_table(comparison)), ""]
     for title, results in _verdict_groups(comparison):
         out += [f"## {title}", "", *(f"- {sentence}" for _, sentence in results), ""]
     out += ["## How the numbers were made", "", *(f"- **{k}**: {v}" for k, v in rules(comparison).items()), ""]
@@ -194,6 +213,7 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
 def _html(comparison: Comparison, plots: dict[str, tuple[bytes, str]]) -> str:
     e = html.escape
     parts = [f"<h1>{TITLE}</h1><p>{e(_header(comparison))}</p>"]
+    parts.append(f"<h2>All metrics: mean over seeds per cell</h2>{_html_table(*overview_table(comparison))}")
     for title, results in _verdict_groups(comparison):
         items = "".join(f'<li class="{_tone(r)}">{e(sentence)}</li>' for r, sentence in results)
         parts.append(f"<h2>{e(title)}</h2><ul>{items}</ul>")

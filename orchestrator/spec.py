@@ -33,10 +33,14 @@ from pydantic import (
     model_validator,
 )
 
-from etrm.config import OBSERVABILITY_KEYS, ConfigError, build_config, config_keys
+from etrm.config import OBSERVABILITY_KEYS, ConfigError, EncoderConfig, build_config, config_keys
+from etrm.registry import ENCODERS
 from etrm.metrics import METRICS
 
-DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var")
+# The primary metric, then what the final-norm question needs: the scale-free variance and collapse (the raw
+# variance falls with the fix by construction) and the gradient explosions between log steps.
+DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var_rel", "encoder_cross_sample_cosine",
+                   "grad/max_norm", "grad/spike_steps")
 
 
 class SpecError(ValueError):
@@ -351,14 +355,57 @@ def _key_problem(key: str) -> str | None:
     return "not a trial-config key" + (f" (did you mean {close[0]}?)" if close else "")
 
 
+def _encoder_type(base: dict[str, Any], variant: dict[str, Any]) -> Any:
+    encoder = base.get("model", {}).get("encoder", {}) if isinstance(base.get("model"), dict) else {}
+    encoder = encoder if isinstance(encoder, dict) else {}
+    return variant.get("model.encoder.type", encoder.get("type", EncoderConfig.model_fields["type"].default))
+
+
+def base_for(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """The base as one cell sees it: without the encoder knobs that cell's encoder ignores. A base is shared by
+    every cell, so it may set latent_dim for the variational cells of a type axis; axis values are never
+    dropped, so a cell whose own value its encoder ignores is still refused (one model under two names)."""
+    kind = _encoder_type(base, variant)
+    encoder = base.get("model", {}).get("encoder") if isinstance(base.get("model"), dict) else None
+    if kind not in ENCODERS or not isinstance(encoder, dict):
+        return base
+    ignored = set(EncoderConfig.model_fields) - {"type", *ENCODERS[kind].knobs}
+    kept = {k: v for k, v in encoder.items() if k not in ignored}
+    return base | {"model": base["model"] | {"encoder": kept}}
+
+
 def _base_problems(spec: SweepSpec) -> list[str]:
     if "seed" in spec.base:
         return ["base.seed: set seeds with the top-level `seeds:` list"]
     try:
-        build_config(spec.base)
+        build_config(base_for(spec.base, {}))
     except ConfigError as err:
         return [f"base.{line}" for line in str(err).splitlines()]
-    return []
+    return _unused_base_knob_problems(spec)
+
+
+def _unused_base_knob_problems(spec: SweepSpec) -> list[str]:
+    """A base encoder knob, set away from its default, that no encoder of the sweep uses would change nothing."""
+    encoder = spec.base.get("model", {}).get("encoder", {})
+    if spec.optuna is None:
+        varied = spec.axes.get("model.encoder.type")
+    else:
+        varied = getattr(spec.optuna.space.get("model.encoder.type"), "choices", None)
+    types = set(varied) if varied else {_encoder_type(spec.base, {})}
+    problems = []
+    for knob, value in encoder.items():
+        if knob == "type" or knob not in EncoderConfig.model_fields:
+            continue
+        if any(t not in ENCODERS or knob in ENCODERS[t].knobs for t in types):
+            continue
+        try:
+            unchanged = _typed(f"model.encoder.{knob}", value) == EncoderConfig.model_fields[knob].default
+        except ValueError:
+            continue  # not a valid value: building the config says so
+        if not unchanged:
+            problems.append(f"base.model.encoder.{knob}: no encoder of this sweep ({', '.join(sorted(map(str, types)))}) "
+                            f"uses {knob}; leave it unset")
+    return problems
 
 
 def _axes_problems(spec: SweepSpec) -> list[str]:
@@ -463,7 +510,7 @@ def _cell_problems(spec: SweepSpec) -> list[str]:
     failing: dict[str, list[dict[str, Any]]] = {}  # config error line -> the cells that raise it
     for cell in spec.cells():
         try:
-            config = build_config(spec.base, cell)
+            config = build_config(base_for(spec.base, cell), cell)
         except ConfigError as err:
             for line in str(err).splitlines():
                 failing.setdefault(line, []).append(cell)
@@ -478,11 +525,15 @@ def _cell_problems(spec: SweepSpec) -> list[str]:
 
 
 def _blame(spec: SweepSpec, line: str, cells: list[dict[str, Any]]) -> str:
-    """Pin a config error on the axis value that caused it, or else on what the failing cells share."""
+    """Pin a config error on the axis value that caused it when every cell with that value fails, or else
+    (a value that fails only with some others, e.g. final_norm: false with an encoder that has no set
+    encoder) on what the failing cells share, to be changed or excluded."""
     path, _, msg = line.partition(": ")
     for key, value in cells[0].items():
         if path == key or path.startswith(key + "."):
-            return f"axes.{key}[{spec.axes[key].index(value)}]: {msg}"
+            if all(c in cells for c in spec.cells() if c[key] == value):
+                return f"axes.{key}[{spec.axes[key].index(value)}]: {msg}"
+            break
     return f"axes: cells {show_cell(_common(cells))} are not valid configs ({line}); change the values or exclude them"
 
 
@@ -507,7 +558,7 @@ def _optuna_problems(spec: SweepSpec) -> list[str]:
         for name, values in probes.items():
             for value in values:
                 try:
-                    build_config(spec.base, {key: value})
+                    build_config(base_for(spec.base, {key: value}), {key: value})
                 except ConfigError as err:
                     problems += [f"{where}.{name}: {line.partition(': ')[2]}" for line in str(err).splitlines()]
     return problems

@@ -1,4 +1,5 @@
-"""Print README's config-key and metric tables from their single sources (TrialConfig, etrm.metrics.METRICS).
+"""Print README's config-key, encoder-knob and metric tables from their single sources (TrialConfig,
+etrm.registry.ENCODERS, etrm.metrics.METRICS).
 
     .venv/bin/python scripts/reference_tables.py
 
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import typing
 
-from etrm.config import config_keys
+from etrm.config import EncoderConfig, config_keys
 from etrm.metrics import METRICS
+from etrm.registry import ENCODERS
 
 
 def _type(field) -> str:
@@ -35,6 +37,14 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
+def encoder_knobs_table() -> str:
+    knobs = [k for k in EncoderConfig.model_fields if k != "type"]
+    rows = ["| encoder | " + " | ".join(f"`{k}`" for k in knobs) + " |", "|---|" + "---|" * len(knobs)]
+    for name, entry in ENCODERS.items():
+        rows.append(f"| `{name}` | " + " | ".join("uses" if k in entry.knobs else "-" for k in knobs) + " |")
+    return "\n".join(rows)
+
+
 def metrics_table() -> str:
     rows = ["| metric | better | unit | kind | over halted | meaning |", "|---|---|---|---|---|---|"]
     for m in METRICS.values():
@@ -44,4 +54,4 @@ def metrics_table() -> str:
 
 
 if __name__ == "__main__":
-    print(config_table(), metrics_table(), sep="\n\n")
+    print(config_table(), encoder_knobs_table(), metrics_table(), sep="\n\n")

@@ -13,8 +13,8 @@ from rich.console import Console
 from orchestrator import stats
 from orchestrator.compare import cell_summary_metrics, compare
 from orchestrator.records import TrialRecord
-from orchestrator.report import cell_table, print_report, to_csv, to_dict, to_json, to_markdown, write_report
-from orchestrator.wording import rules, verdict, verdicts
+from orchestrator.report import cell_table, overview_table, print_report, to_csv, to_dict, to_json, to_markdown, write_report
+from orchestrator.wording import format_value, rules, verdict, verdicts
 
 FN, TYPE = "model.encoder.final_norm", "model.encoder.type"
 ACC, LOSS, VAR = "eval/exact_accuracy", "train/lm_loss", "encoder_cross_sample_var"
@@ -255,3 +255,19 @@ def test_stopped_trials_are_excluded_and_counted_in_the_cell_table_and_csv(two_c
     got = {(r["cell_id"], r["metric"]): (r["failed"], r["running"], r["stopped"], r["trials"]) for r in table}
     assert got[("cell-True", ACC)] == ("1", "0", "1", "5")
     assert got[("cell-False", ACC)] == ("0", "1", "0", "5")
+
+
+def test_overview_puts_every_metric_of_a_cell_side_by_side(two_cells):
+    """The scale-free variance, the max gradient norm and the spike count are read together, per cell."""
+    comp = compare(two_cells, axes=[FN], contrast=CONTRAST, metrics=METRICS)
+    headers, rows = overview_table(comp)
+    assert headers == ["cell", "n", *METRICS]
+    by_label = {row[0]: row for row in rows}
+    for cell in comp.cells:
+        row = by_label[cell.label]
+        assert row[2:] == [format_value(m, cell.metrics[m].mean) for m in METRICS]
+        assert row[2].endswith("%")  # an accuracy, in its display unit
+    console = Console(record=True, width=300)
+    print_report(comp, console)
+    assert "all metrics: mean over seeds per cell" in console.export_text()
+    assert "| " + " | ".join(rows[0]) + " |" in to_markdown(comp)

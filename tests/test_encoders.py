@@ -166,3 +166,61 @@ def test_output_scale_is_the_context_rms():
     out = encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
     torch.testing.assert_close(out.output_scale, out.context.detach().pow(2).mean((1, 2)).sqrt())
     torch.testing.assert_close(out.kl, torch.zeros(B))
+
+
+# Every EncoderConfig knob but `type`, with a value other than its default.
+OTHER_VALUE = {"num_layers": 2, "set_layers": 3, "norm_style": "post", "final_norm": False, "kl_weight": 0.1,
+               "latent_dim": 8, "output_tokens": T + 2}
+
+
+def _unchecked(encoder_type: str, **knobs):
+    """A model config whose encoder knobs skip validation, to see what a module does with any of them."""
+    from etrm.config import EncoderConfig
+
+    cfg = tiny_config(encoder_type)
+    fields = cfg.model.encoder.model_dump() | knobs
+    return cfg.model.model_copy(update={"encoder": EncoderConfig.model_construct(**fields)})
+
+
+def _encode(encoder_type: str, **knobs):
+    torch.manual_seed(0)
+    cfg = _unchecked(encoder_type, **knobs)
+    encoder = encoder_class(encoder_type)(cfg, G).eval()
+    batch = random_batch()
+    with torch.no_grad():
+        out = encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
+    # kl_weight acts in the loss: through the encoder's KL, which is zero for a deterministic encoder
+    used_kl = cfg.encoder.kl_weight * out.kl
+    return {k: v.shape for k, v in encoder.state_dict().items()}, out.context, used_kl
+
+
+def test_other_value_covers_every_knob():
+    from etrm.config import EncoderConfig
+
+    assert set(OTHER_VALUE) == set(EncoderConfig.model_fields) - {"type"}
+
+
+@pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
+def test_the_knob_table_says_which_knobs_change_the_model(encoder_type):
+    """The registry's knobs are what validation refuses by: a knob it calls unused must leave the module, its
+    output and its loss exactly as they are, and a knob it calls used must change one of them."""
+    shapes, context, kl = _encode(encoder_type)
+    for knob, value in OTHER_VALUE.items():
+        other_shapes, other_context, other_kl = _encode(encoder_type, **{knob: value})
+        same = (shapes == other_shapes and context.shape == other_context.shape and torch.equal(context, other_context)
+                and torch.equal(kl, other_kl))
+        assert same == (knob not in ENCODERS[encoder_type].knobs), f"{encoder_type}: {knob}"
+
+
+@pytest.mark.parametrize("encoder_type, knob", [
+    ("lpn_standard", "final_norm"), ("lpn_variational", "norm_style"), ("lpn_standard", "set_layers"),
+    ("standard", "kl_weight"), ("hybrid_standard", "latent_dim"), ("lpn_standard", "kl_weight"),
+])  # fmt: skip
+def test_a_knob_the_encoder_ignores_is_refused_in_one_line(encoder_type, knob):
+    from etrm.config import ConfigError, EncoderConfig
+
+    with pytest.raises(ConfigError) as err:
+        tiny_config(encoder_type, **{knob: OTHER_VALUE[knob]})
+    assert str(err.value).startswith(f"model.encoder.{knob}: the {encoder_type} encoder ignores {knob}")
+    assert "\n" not in str(err.value)
+    tiny_config(encoder_type, **{knob: EncoderConfig.model_fields[knob].default})  # its default says nothing: allowed

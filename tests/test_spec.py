@@ -112,6 +112,17 @@ CASES = [
      "axes.model.encoder.type[1]: unknown encoder type 'transformer_xl'"),
     ("cell-invalid-in-combination", edit("axes/model.num_heads", [4, 6]),
      "axes: cells {model.num_heads: 6} are not valid configs (model: hidden_size 32 is not divisible by num_heads 6)"),
+    ("knob-the-encoder-ignores", both(edit("axes", {"model.encoder.final_norm": [True, False]}), edit("exclude", []),
+                                      edit("base/model/encoder/type", "lpn_standard")),
+     "axes.model.encoder.final_norm[1]: the lpn_standard encoder ignores final_norm (it has no set encoder)"),
+    ("knob-ignored-by-one-encoder-of-an-axis", both(edit("axes/model.encoder.type", ["hybrid_standard", "lpn_variational"]),
+                                                    edit("exclude", [{"model.encoder.type": "hybrid_standard",
+                                                                      "model.encoder.kl_weight": 1.0e-4}])),
+     "axes: cells {model.encoder.final_norm: false, model.encoder.type: lpn_variational} are not valid configs "
+     "(model.encoder.final_norm: the lpn_variational encoder ignores final_norm"),
+    ("knob-no-encoder-of-the-sweep-uses", both(edit("axes", {"train.lr": [1.0e-3, 2.0e-3]}), edit("exclude", []),
+                                               edit("contrast", delete=True), edit("base/model/encoder/latent_dim", 64)),
+     "base.model.encoder.latent_dim: no encoder of this sweep (hybrid_standard) uses latent_dim"),
     ("invalid-base-value", edit("base/train/lr", -1), "base.train.lr: Input should be greater than 0"),
     ("unknown-base-key", edit("base/model/encoder/typo", 1), "base.model.encoder.typo: unknown key"),
     ("seed-in-base", edit("base/seed", 3), "base.seed: set seeds with the top-level `seeds:` list"),
@@ -254,7 +265,7 @@ def test_values_take_the_type_of_their_config_key():
 
 def test_defaults_and_shorthands():
     tree = copy.deepcopy(VALID) | {"seeds": {"count": 5}}
-    for key in ("exclude", "metrics", "resources", "max_concurrent", "max_failures", "scheduler", "search"):
+    for key in ("metrics", "resources", "max_concurrent", "max_failures", "scheduler", "search"):
         del tree[key]
     spec = parse_spec(tree)
     assert spec.seeds == [0, 1, 2, 3, 4]
@@ -367,3 +378,17 @@ def test_asha_refuses_a_primary_metric_without_a_direction():
         parse_spec(tree)
     tree["metrics"] = ["train/lm_loss", "encoder_cross_sample_var"]
     assert parse_spec(tree).primary_metric() == ("train/lm_loss", "min")
+
+
+def test_a_base_knob_reaches_only_the_cells_whose_encoder_uses_it():
+    """The base is shared: latent_dim set there shapes the variational cells and leaves the others at the default
+    (so they are not one model under two names); the same value as an axis would be refused for them."""
+    tree = copy.deepcopy(VALID)
+    tree["base"]["model"]["encoder"]["latent_dim"] = 64
+    tree["axes"]["model.encoder.type"] = ["hybrid_standard", "hybrid_variational", "lpn_standard"]
+    del tree["contrast"]  # lpn_standard has one arm only
+    tree["exclude"] += [{"model.encoder.type": "lpn_standard", "model.encoder.final_norm": False},
+                        {"model.encoder.type": "lpn_standard", "model.encoder.kl_weight": 1.0e-4}]
+    plan = make_plan(parse_spec(tree))
+    latent = {(t.variant["model.encoder.type"], t.config.model.encoder.latent_dim) for t in plan.trials}
+    assert latent == {("hybrid_standard", 32), ("hybrid_variational", 64), ("lpn_standard", 32)}
