@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from etrm.config import ENCODER_KNOBS, TrainConfig, build_config
+from etrm.config import TrainConfig, build_config
 from etrm.grids import PAD
 from etrm.model import ETRM
 from etrm.optim import AdamATan2, build_optimizer, lr_at, set_lr
+from etrm.registry import ENCODERS
 
 G, K, B, D, T = 4, 3, 4, 32, 4
 
@@ -17,7 +18,7 @@ G, K, B, D, T = 4, 3, 4, 32, 4
 def tiny_model(encoder_type="standard", seed=0, **model) -> ETRM:
     torch.manual_seed(seed)
     encoder = {"type": encoder_type, "num_layers": 1, "output_tokens": T}
-    if "set_layers" in ENCODER_KNOBS[encoder_type]:  # a knob its encoder ignores is refused
+    if "set_layers" in ENCODERS[encoder_type].knobs:  # a knob its encoder ignores is refused
         encoder["set_layers"] = 1
     base = dict(hidden_size=D, num_heads=4, H_cycles=2, L_cycles=1, L_layers=1, halt_max_steps=3, encoder=encoder)
     return ETRM(build_config({"model": base | model}).model, G, K)
