@@ -38,8 +38,7 @@ BASE = {
     "train": {"steps": 150, "batch_size": 16, "log_every": 10, "eval_every": 150, "checkpoint_every": 50,
               "threads": 1},
 }
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-       "RAY_AUTH_MODE": "disabled"}
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def trial_seconds(config: Path, copies: int) -> float:

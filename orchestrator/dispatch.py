@@ -138,14 +138,16 @@ class TrackingCallback(tune.Callback):
             self.store.set_message(run_id, f"retrying after: {last_line}")
 
 
-def connect(address: str | None) -> str | None:
-    """Join the cluster at `address`, or (None) start a local Ray sized to this machine. Returns the dashboard URL."""
+def connect(address: str | None, workspace: Workspace) -> str | None:
+    """Join the cluster at `address`, or (None) start a local Ray sized to this machine, on loopback with
+    the workspace's token (see local_ray.py). Returns the dashboard URL."""
     if ray.is_initialized():
         ray.shutdown()
     if address:
+        local_ray.secure_cluster()
         ctx = ray.init(address=address, log_to_driver=False, logging_level="error")
     else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, loopback-only instance
+        local_ray.secure_local(workspace.ray_token)
         ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
                        log_to_driver=False, logging_level="error")
     url = ctx.dashboard_url
@@ -257,7 +259,7 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
         opening = pool.submit(lambda: (store := ctx.store(), store.done_trial_ids()))
-        dashboard = connect(address)
+        dashboard = connect(address, ctx.workspace)
         store, done = opening.result()
     if not address:
         local_ray.record(ctx.workspace.local_ray)
@@ -266,7 +268,8 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     _log_launch(store, parent, spec_text, plan, done)
     search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)
     console.print(f"[bold]{spec.name}[/]: {search.total} trials, {search.done} already done, "
-                  f"{search.remaining} to run · Ray dashboard {dashboard}")
+                  f"{search.remaining} to run · Ray dashboard {dashboard}"
+                  + ("" if address else f" (it asks for the token in {ctx.workspace.ray_token})"))
 
     metric, _ = spec.primary_metric()
     progress = SweepProgress(console, metric)

@@ -1,19 +1,76 @@
-"""Processes a hard-killed launch leaves behind, ended by the next launch.
+"""The Ray a launch starts on this machine: locked to loopback and a token, and cleaned up after.
 
-A local Ray started by `ray.init` mostly dies with its driver, but not all of it: after a
-SIGKILL (or a closed terminal) its dashboard and runtime-env agents stay, about 200 MB.
-So every launch that starts a local Ray notes its own pid and the processes below it, and
-the next launch ends the noted processes of drivers that are gone. A process is matched by
-pid AND start time, so a pid the system has since given to another program is left alone.
+Safe by default. Ray's servers (GCS, raylet, workers, agents) listen on the node's IP address, by
+default the machine's network address, and a Ray without token auth runs any task sent to it as
+the launching user. So a local Ray gets its node IP set to loopback, which every one of its servers
+binds to, and token auth with a per-workspace token (a 0600 file) that the driver and its workers
+share. A cluster (`--address`) keeps token auth too: its token comes from RAY_AUTH_TOKEN(_PATH).
+
+Cleanup. A local Ray mostly dies with its driver, but not all of it: after a SIGKILL (or a closed
+terminal) its dashboard and runtime-env agents stay, about 200 MB. So every launch that starts a
+local Ray notes its own pid and the processes below it, and the next launch ends the noted processes
+of drivers that are gone. A process is matched by pid AND start time, so a pid the system has since
+given to another program is left alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from contextlib import suppress
 from pathlib import Path
 
 import psutil
+
+# Ray keeps a machine-local node on loopback only where it believes clusters are unsupported (its
+# switch for macOS and Windows); elsewhere it resolves 127.0.0.1 to the network address. This is the
+# switch: read by the Ray processes the driver starts (env) and by the already imported driver (below).
+_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def secure_local(token_file: Path) -> None:
+    """Make the Ray that `ray.init()` starts next listen on loopback alone and demand the workspace's token."""
+    from ray._private import ray_constants
+
+    os.environ[_LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(ensure_token(token_file))
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the workspace's file
+    _reload_auth()
+
+
+def secure_cluster() -> None:
+    """Join a cluster with token auth on unless the user turned it off (RAY_AUTH_MODE=disabled) explicitly."""
+    from ray._private import ray_constants
+
+    os.environ.pop(_LOOPBACK_SWITCH, None)
+    ray_constants.ENABLE_RAY_CLUSTER = True
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    _reload_auth()
+
+
+def _reload_auth() -> None:
+    """Ray reads its auth mode and token once per process and caches both: make it read them again, as Ray's
+    own `_enable_token_auth` does, so that the settings above hold for this driver too."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def ensure_token(path: Path) -> Path:
+    """The workspace's Ray token: 256 random bits in a file only its owner can read, made once."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+        partial.replace(path)  # two launches at once: each writes a whole token, the last one wins
+    path.chmod(0o600)
+    return path
 
 
 def record(folder: Path) -> Path:

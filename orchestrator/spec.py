@@ -140,6 +140,14 @@ class OptunaSearch(Strict):
     optuna: Optuna = Field(description="Optuna settings.")
 
 
+def check_slug(name: str) -> str:
+    """A name that becomes a folder (sweep name, MLflow experiment): a slug, so it can never reach outside the
+    workspace (no '/', no '..', not absolute). Raises ValueError naming the problem."""
+    if not (isinstance(name, str) and len(name) <= 64 and re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name)):
+        raise ValueError(f"{name!r}: use up to 64 lowercase letters, digits, '-' and '_' (it names folders)")
+    return name
+
+
 class Tracking(Strict):
     """Where the sweep is recorded (MLflow)."""
 
@@ -149,7 +157,14 @@ class Tracking(Strict):
         "null = $MLFLOW_TRACKING_URI if set, else the embedded local store under .etrm-sweep/ "
         "(open it with `etrm-sweep ui`)."
     )
-    experiment: str | None = Field(None, description="MLflow experiment name; defaults to the sweep name.")
+    experiment: str | None = Field(
+        None, description="MLflow experiment name ([a-z0-9_-], it names the artifact folder); defaults to the sweep name."
+    )
+
+    @field_validator("experiment")
+    @classmethod
+    def _slug(cls, v: str | None) -> str | None:
+        return None if v is None else check_slug(v)
 
 
 class Cluster(Strict):
@@ -206,9 +221,7 @@ class SweepSpec(Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", v):
-            raise ValueError(f"{v!r}: use lowercase letters, digits, '-' and '_' (it names the experiment and folders)")
-        return v
+        return check_slug(v)
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -102,7 +102,12 @@ class SweepStore:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = (artifact_root / name).as_uri() if artifact_root else None
+        location = None
+        if artifact_root:  # the spec checks names; this holds even for a store opened some other way
+            folder = (artifact_root / name).resolve()
+            if not folder.is_relative_to(artifact_root.resolve()):
+                raise ValueError(f"experiment name {name!r} would put artifacts outside {artifact_root}")
+            location = folder.as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created meanwhile by another process

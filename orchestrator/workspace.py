@@ -52,6 +52,11 @@ class Workspace:
         """Notes of the processes each launch's local Ray started (see orchestrator/local_ray.py)."""
         return self.root / "local-ray"
 
+    @property
+    def ray_token(self) -> Path:
+        """The token of the Ray that launches start here (0600): the dashboard asks for it."""
+        return self.root / "ray-token"
+
     def create(self) -> "Workspace":
         for path in (self.root, self.artifact_root, self.ray_results, self.checkpoints):
             path.mkdir(parents=True, exist_ok=True)
@@ -101,8 +106,12 @@ class SweepContext:
     @classmethod
     def for_name(cls, name: str, workspace: Workspace | None = None) -> "SweepContext":
         """The sweep as last launched from this workspace (its spec was saved at launch)."""
-        from orchestrator.spec import load_spec
+        from orchestrator.spec import check_slug, load_spec
 
+        try:
+            check_slug(name)
+        except ValueError as err:
+            raise LookupError(f"no sweep can be named {err}") from None
         workspace = workspace or Workspace.default()
         path = workspace.root / "sweeps" / f"{name}.yaml"
         if not path.exists():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -22,10 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent
+
+
+def _session_ray_token() -> str:
+    """One token for the Ray clusters this test session starts and the drivers that join them (a local
+    launch uses its workspace's own token instead)."""
+    folder = Path(tempfile.mkdtemp(prefix="etrm-ray-token-"))
+    path = folder / "token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return str(path)
+
+
 SERVICE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN_PATH": _session_ray_token(),
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
 
@@ -252,8 +266,9 @@ def start_mlflow(backend_store_uri: str, artifacts_dir: Path, log_dir: Path,
 class RayNode:
     """One `ray start --block` process with its own --temp-dir; pids is every process seen for it.
 
-    Ray swaps --node-ip-address 127.0.0.1 for the host's own address and its gRPC servers listen on
-    every interface: traffic still never leaves this machine.
+    Ray swaps --node-ip-address 127.0.0.1 for the host's own address (a multi-node Ray refuses the
+    loopback-only switch that a local launch uses), so these nodes listen there, with token auth on
+    (SERVICE_ENV): the tests' traffic still never leaves this machine.
     """
     proc: subprocess.Popen
     temp_dir: Path
@@ -320,6 +335,7 @@ def _start_node(role_args: list[str], resources: dict[str, float] | None, num_cp
         "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
         "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+        "--dashboard-port", str(free_port()),  # even without a dashboard, Ray binds its port: 8265 may be taken
         "--object-store-memory", str(200 * 1024**2),
     ]
     with open(log, "wb") as out:

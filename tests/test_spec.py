@@ -86,7 +86,7 @@ CASES = [
     ("unknown-top-level-key", edit("max_concurent", 2), "max_concurent: unknown key (did you mean max_concurrent?)"),
     ("unknown-nested-key", edit("resources/gpus", 1), "resources.gpus: unknown key"),
     ("missing-name", edit("name", delete=True), "name: Field required"),
-    ("name-with-spaces", edit("name", "norm fix"), "name: 'norm fix': use lowercase letters"),
+    ("name-with-spaces", edit("name", "norm fix"), "name: 'norm fix': use up to 64 lowercase letters"),
     ("max-concurrent-wrong-type", edit("max_concurrent", "two"), "max_concurrent: Input should be a valid integer"),
     ("max-concurrent-zero", edit("max_concurrent", 0), "max_concurrent: Input should be greater than or equal to 1"),
     ("max-failures-negative", edit("max_failures", -1), "max_failures: Input should be greater than or equal to 0"),
