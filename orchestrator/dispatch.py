@@ -149,7 +149,7 @@ def connect(address: str | None, workspace: Workspace) -> str | None:
     else:
         local_ray.secure_local(workspace.ray_token)
         ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       log_to_driver=False, logging_level="error")
+                       dashboard_port=local_ray.dashboard_port(), log_to_driver=False, logging_level="error")
     url = ctx.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url
 

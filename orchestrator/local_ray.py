@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 from contextlib import suppress
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def secure_local(token_file: Path) -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(ensure_token(token_file))
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the workspace's file
     _reload_auth()
+
+
+def dashboard_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port, or any free one when another Ray on this machine holds it (Ray itself
+    would start without a dashboard then)."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
 
 
 def secure_cluster() -> None:
