@@ -29,7 +29,8 @@ class CheckpointMismatch(ValueError):
 
 
 def _rng_state() -> dict[str, Any]:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # the legacy tuple form
+    assert isinstance(keys, np.ndarray)
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

@@ -181,7 +181,10 @@ class TrainSampler:
         self.table = TokenTable(puzzles, cfg.grid_size)
         self.batch_size, self.augment = batch_size, cfg.augment
         K = cfg.max_demos
-        queries, demos, first, count = [], [], [], []
+        queries: list[tuple[np.ndarray, np.ndarray]] = []
+        demos: list[np.ndarray] = []
+        first: list[int] = []
+        count: list[int] = []
         for tin, tout, qin, qout in self.table.ids:
             first.append(len(queries))
             everything = np.ones(len(tin), dtype=bool)
@@ -235,7 +238,8 @@ class EvalSet:
         self.table = TokenTable(puzzles, cfg.grid_size)
         rng = np.random.default_rng([seed, 31])
         self.rows: list[EvalRow] = []
-        self._queries, self._demos = [], []
+        queries: list[tuple[np.ndarray, np.ndarray]] = []
+        demos_of_rows: list[np.ndarray] = []
         for i, (tin, tout, qin, qout) in enumerate(self.table.ids):
             dihedrals = 1 + rng.permutation(7)[: cfg.eval_variants - 1]
             augs = [Augmentation.identity()] + [Augmentation.random(rng, dihedral=int(k)) for k in dihedrals]
@@ -243,9 +247,9 @@ class EvalSet:
             for aug in augs:
                 for t in range(len(qin)):
                     self.rows.append(EvalRow(i, t, aug))
-                    self._queries.append((qin[t], qout[t]))
-                    self._demos.append(demos)
-        self._queries, self._demos = np.array(self._queries), np.array(self._demos)
+                    queries.append((qin[t], qout[t]))
+                    demos_of_rows.append(demos)
+        self._queries, self._demos = np.array(queries), np.array(demos_of_rows)
 
     def __len__(self) -> int:
         return len(self.rows)

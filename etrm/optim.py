@@ -7,7 +7,7 @@ and scale-invariant, so there is no epsilon to tune.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -57,13 +57,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     (see `set_lr`). Frozen parameters (requires_grad False) are left out; empty groups too.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = []
+    groups: list[dict[str, Any]] = []
     for name, scale in (("decoder", 1.0), ("encoder", cfg.encoder_lr_scale)):
         params = [p for n, p in named if n.startswith(name + ".")]
         if params:
             groups.append(dict(name=name, params=params, lr=cfg.lr * scale, lr_scale=scale))
     assert sum(len(g["params"]) for g in groups) == len(named), "parameters outside encoder/decoder"
-    kwargs = dict(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    kwargs: dict[str, Any] = dict(betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam_atan2":
         return AdamATan2(groups, lr=cfg.lr, **kwargs)
     return torch.optim.AdamW(groups, lr=cfg.lr, **kwargs)

@@ -201,7 +201,8 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
     trainable = [p for p in model.parameters() if p.requires_grad]
     ema_pairs = (list(s.ema.parameters()), list(model.parameters())) if s.ema is not None else None
 
-    step, carry, last = 0, None, {}
+    step, carry = 0, None
+    last: dict[str, float] = {}
     grad_spikes = GradSpikes(tc.grad_clip, s.device)
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
@@ -241,7 +242,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
         grad_spikes.add(total_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if ema_pairs is not None:
+        if ema_pairs is not None and tc.ema_decay is not None:
             torch._foreach_lerp_(ema_pairs[0], ema_pairs[1], 1 - tc.ema_decay)
         halted_means.add(per_row, carry.halted)
         timed_steps += 1

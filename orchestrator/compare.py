@@ -262,7 +262,7 @@ def _contrast(
     vc = c_cell.metrics[metric].values if c_cell else {}
     paired = sorted(vt.keys() & vc.keys())
     t_only, c_only = sorted(vt.keys() - vc.keys()), sorted(vc.keys() - vt.keys())
-    common = dict(
+    common: dict[str, Any] = dict(
         metric=metric,
         direction=direction(metric),
         treatment_cell=t_cell.cell_id if t_cell else None,
@@ -277,6 +277,7 @@ def _contrast(
     is_paired = not t_only and not c_only and len(paired) >= 2
     t = np.array([vt[s] for s in (paired if is_paired else sorted(vt))])
     c = np.array([vc[s] for s in (paired if is_paired else sorted(vc))])
+    tested: dict[str, Any]
     if is_paired:
         d = t - c
         tested = dict(

@@ -137,7 +137,7 @@ def png(fig: Figure) -> bytes:
 
 def render_plots(comparison: Comparison, records: list[TrialRecord]) -> dict[str, tuple[bytes, str]]:
     """File name -> (PNG bytes, caption), for every requested metric that has data to draw."""
-    out = {}
+    out: dict[str, tuple[bytes, str]] = {}
     for metric in comparison.metrics:
         figures = [
             (plot_name("curves", metric), learning_curves(comparison, records, metric), CURVES_CAPTION),

@@ -341,7 +341,8 @@ def check(spec: SweepSpec) -> list[str]:
 @functools.cache
 def _adapter(key: str) -> TypeAdapter:
     field = config_keys()[key]
-    return TypeAdapter(Annotated[field.annotation, field])  # the FieldInfo carries the constraints (ge=0, ...)
+    # the FieldInfo carries the constraints (ge=0, ...); a type built at run time, which mypy cannot follow
+    return TypeAdapter(Annotated[field.annotation, field])  # type: ignore[arg-type]
 
 
 def _typed(key: str, value: Any) -> Any:
@@ -519,7 +520,8 @@ def _direction_problems(spec: SweepSpec) -> list[str]:
 
 def _cell_problems(spec: SweepSpec) -> list[str]:
     """Build every cell's config: a value can be valid alone and invalid in combination."""
-    problems, seen = [], {}
+    problems: list[str] = []
+    seen: dict[str, dict[str, Any]] = {}  # config hash -> the first cell that gave it
     failing: dict[str, list[dict[str, Any]]] = {}  # config error line -> the cells that raise it
     for cell in spec.cells():
         try:
@@ -567,7 +569,7 @@ def _optuna_problems(spec: SweepSpec) -> list[str]:
         if (why := _key_problem(key)) is not None:
             problems.append(f"{where}: {why}")
             continue
-        probes = {"choices": dist.choices} if dist.type == "categorical" else {"low": [dist.low], "high": [dist.high]}
+        probes = {"choices": dist.choices or []} if dist.type == "categorical" else {"low": [dist.low], "high": [dist.high]}
         for name, values in probes.items():
             for value in values:
                 try:
@@ -612,7 +614,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 # A date-like scalar (`2024-01-01`) stays a string: trial configs hold JSON values only.
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+# (types-PyYAML types a constructor by the loader class it is added to; SafeLoader's own method is what we mean)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -669,8 +672,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         tree = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        raise SpecError(f"{path}: not valid YAML (line {mark.line + 1}, column {mark.column + 1}: {err.problem})") from None
+        at = f"line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}: " if err.problem_mark else ""
+        raise SpecError(f"{path}: not valid YAML ({at}{err.problem})") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(tree, dict):

@@ -43,7 +43,10 @@ def p_text(r: ContrastResult) -> str:
     """The p-value a reader may quote: Holm-adjusted for the primary metric, raw and said so otherwise."""
     if r.method == "none":
         return "no test"
-    return f"{_p(r.p_holm)} after Holm" if r.confirmatory else f"{_p(r.p)} uncorrected"
+    if r.confirmatory:
+        assert r.p_holm is not None, "compare() Holm-adjusts every tested primary contrast"
+        return f"{_p(r.p_holm)} after Holm"
+    return f"{_p(r.p)} uncorrected"
 
 
 def _arm_notes(cell: Cell | None, label: str, metric: str) -> list[str]:
@@ -69,8 +72,8 @@ def verdict(r: ContrastResult, comparison: Comparison) -> str:
     m = r.metric
     head = f"[{r.context_label}] " if r.context_label else ""
     head += "" if r.confirmatory else "(exploratory) "
-    notes = _arm_notes(cells.get(r.treatment_cell), r.treatment_label, m)
-    notes += _arm_notes(cells.get(r.control_cell), r.control_label, m)
+    notes = _arm_notes(cells.get(r.treatment_cell or ""), r.treatment_label, m)  # None: the arm has no trials
+    notes += _arm_notes(cells.get(r.control_cell or ""), r.control_label, m)
     tail = "".join(f"; {n}" for n in notes)
     if r.method == "none":
         return (

@@ -1,10 +1,10 @@
 """The Docker images and the compose stack, checked without a Docker engine (CI has none).
 
 hadolint lints the Dockerfiles; the compose file is checked against the invariants the stack relies
-on, and by `docker compose config` too where the compose plugin exists.
+on. Compose's own schema check (`docker compose config`) is not run: neither CI nor this machine has a
+Compose implementation that knows the current spec (Debian bookworm's docker-compose 1.29 predates it).
 """
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,16 +165,3 @@ def test_secrets_file_is_ignored_by_git_and_docker():
     out = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=ROOT)
     assert out.returncode == 0, "docker/.env must be git-ignored"
     assert "docker/.env" in (ROOT / ".dockerignore").read_text().splitlines()
-
-
-def test_docker_compose_config_when_available(tmp_path):
-    """Full schema validation by Compose itself, where the plugin is installed (not on CI)."""
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
-        return  # structural checks above cover CI; nothing more to run here
-    stack = tmp_path / "docker"
-    shutil.copytree(DOCKER, stack)
-    shutil.copy(stack / ".env.example", stack / ".env")
-    out = subprocess.run([docker, "compose", "-f", str(stack / "compose.yaml"), "config", "-q"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr

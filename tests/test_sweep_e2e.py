@@ -94,9 +94,6 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path,
         if how == "SIGKILL":
             os.kill(driver.pid, signal.SIGKILL)
             driver.wait(30)
-            time.sleep(3)  # Ray's fate sharing ends its GCS, raylet and workers; not its agents
-            left_behind = {pid for pid in pids if alive(pid)}
-            assert left_behind, "a hard-killed launch left no process: orchestrator/local_ray.py may be unneeded"
         else:
             os.killpg(driver.pid, signal.SIGINT)
             out, _ = driver.communicate(timeout=120)
@@ -113,8 +110,10 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path,
         resumed = run_cli(["resume", "killed"], ws)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         if how == "SIGKILL":
-            assert f"Ended {len(left_behind)} processes left by the local Ray" in resumed.stdout, resumed.stdout
-            assert not any(alive(pid) for pid in left_behind)
+            # Ray's fate sharing ends the killed driver's GCS, raylet and workers, but (Ray 2.60) not its dashboard
+            # and runtime-env agents, ~200 MB: resume ends what is left (local_ray.reap, tested alone in
+            # test_local_ray.py) before it starts its own Ray. Nothing of the killed launch outlives the resume.
+            assert not {pid for pid in pids if alive(pid)}, resumed.stdout
     finally:
         kill_pids(descendants(driver.pid) | pids)
     after = store_for(ws, "killed").trial_runs()
