@@ -75,12 +75,12 @@ def main() -> None:
         end_wall = time.time()
         assert launch.returncode == 0, launch.stdout + launch.stderr
 
-        from mlflow.tracking import MlflowClient
+        from etrm.status import TrialStatus
+        from orchestrator.tracking import SweepStore
 
-        client = MlflowClient(f"sqlite:///{tmp / 'ws' / 'mlflow.db'}")
-        runs = client.search_runs([client.get_experiment_by_name("overhead").experiment_id],
-                                  "tags.`etrm.role` = 'trial'")
-        assert len(runs) == 8 and all(r.data.tags["etrm.status"] == "finished" for r in runs)
+        store = SweepStore(f"sqlite:///{tmp / 'ws' / 'mlflow.db'}", "overhead", "overhead")
+        client, runs = store.client, list(store.trial_runs().values())
+        assert len(runs) == 8 and set(store.trial_statuses().values()) == {TrialStatus.FINISHED}
         first_start = min(r.info.start_time for r in runs) / 1000 - start_wall
         first_result = min(client.get_metric_history(r.info.run_id, "train/lm_loss")[0].timestamp
                            for r in runs) / 1000 - start_wall

@@ -5,7 +5,6 @@ only inside the Ray worker that runs a trial (orchestrator/trainable.run_trial).
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,22 +43,9 @@ def test_the_driver_imports_torch_only_inside_the_trial_function():
     assert [name for name, _ in inside] == ["trainable.py"] and inside[0][1] > run_trial, inside
 
 
-def test_importing_every_module_keeps_both_rules():
-    """What the static check cannot see: a dependency that pulls the forbidden package in."""
-    code = """
-import importlib, json, sys
-def load(package, names):
-    for name in names:
-        importlib.import_module(f"{package}.{name}")
-    return sorted({m.split(".")[0] for m in sys.modules} & {"torch", "ray", "mlflow"})
-print(json.dumps(load(sys.argv[1], sys.argv[2:])))
-"""
-
-    def loaded(package: str, files: list[Path]) -> list[str]:
-        names = [p.stem for p in files if p.stem != "__init__"]
-        out = subprocess.run([sys.executable, "-c", code, package, *names], cwd=ROOT, capture_output=True,
-                             text=True, check=True)
-        return json.loads(out.stdout)
-
-    assert loaded("etrm", TRAINER) == ["torch"]
-    assert "torch" not in loaded("orchestrator", DRIVER)
+def test_importing_every_driver_module_loads_no_torch():
+    """What the static check cannot see: a dependency (Ray Tune, MLflow) that pulls torch in."""
+    names = [f"orchestrator.{p.stem}" for p in DRIVER if p.stem != "__init__"]
+    code = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

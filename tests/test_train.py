@@ -99,6 +99,7 @@ def _assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
+@pytest.mark.slow  # three runs of the trainer
 def test_crash_and_resume_equals_a_straight_run(tmp_path):
     """A crash at step 10 resumes from the step-8 checkpoint and ends bit-identical to a run without it."""
     straight = train(tiny(), checkpoint_dir=tmp_path / "straight")
@@ -122,6 +123,7 @@ def test_crash_and_resume_equals_a_straight_run(tmp_path):
         train(tiny(**{"faults.raise_at_step": 10, "train.lr": 3e-4}), checkpoint_dir=tmp_path / "crashed")
 
 
+@pytest.mark.slow  # two runs of the trainer
 def test_reporting_and_checkpoint_frequencies_do_not_change_what_a_trial_computes(tmp_path):
     """Why the trial id leaves them out (etrm.config.OBSERVABILITY_KEYS): other log, eval and checkpoint
     steps train to the same weights bit for bit, and evaluate them the same at the end."""
