@@ -103,7 +103,7 @@ class EncoderConfig(Strict):
         """Refuse a knob the encoder ignores, unless it keeps its default: the default says nothing, and a
         base config that sets a knob for the encoders that use it stays valid for the others only that way."""
         kind, name = info.data.get("type"), info.field_name
-        if name == "type" or kind not in ENCODERS or name in ENCODERS[kind].knobs:
+        if name is None or name == "type" or kind not in ENCODERS or name in ENCODERS[kind].knobs:
             return v
         default = cls.model_fields[name].default
         if v != default:

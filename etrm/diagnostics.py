@@ -1,10 +1,12 @@
 """The tensors behind the metric names of etrm.metrics, computed on the device.
 
-Everything here returns device tensors: the trainer syncs to the host once per log
+Everything here returns device tensors: the trainer reads their values once per log
 step, never in between.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -107,10 +109,10 @@ class GradSpikes:
         self._new_window()
         return out
 
-    def state_dict(self) -> dict[str, torch.Tensor | int]:
+    def state_dict(self) -> dict[str, Any]:  # {"history": Tensor, "seen": int}
         return {"history": self.history, "seen": self.seen}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = state["history"].to(self.history.device)
         self.seen = int(state["seen"])
 

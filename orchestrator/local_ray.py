@@ -68,7 +68,7 @@ def secure_cluster() -> None:
 def _reload_auth() -> None:
     """Ray reads its auth mode and token once per process and caches both: make it read them again, as Ray's
     own `_enable_token_auth` does, so that the settings above hold for this driver too."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # private: not in Ray's stub
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from etrm.status import EXCLUDED
+from etrm.status import EXCLUDED, USABLE
 from orchestrator.compare import Cell, Comparison, ContrastResult
 from orchestrator.plots import PLOT_KINDS, plot_name, render_plots
 from orchestrator.records import TrialRecord
@@ -77,7 +77,7 @@ def overview_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     headers = ["cell", "n", *comparison.metrics]
     rows = []
     for cell in comparison.cells:
-        n = len(cell.seeds("finished")) + len(cell.seeds("diverged"))
+        n = sum(len(cell.seeds(s)) for s in USABLE)
         rows.append([cell.label, str(n), *(format_value(m, cell.metrics[m].mean) for m in comparison.metrics)])
     return headers, rows
 

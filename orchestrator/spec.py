@@ -34,8 +34,8 @@ from pydantic import (
 )
 
 from etrm.config import OBSERVABILITY_KEYS, ConfigError, EncoderConfig, build_config, config_keys
-from etrm.registry import ENCODERS
 from etrm.metrics import METRICS
+from etrm.registry import ENCODERS
 
 # The primary metric, then what the final-norm question needs: the scale-free variance and collapse (the raw
 # variance falls with the fix by construction) and the gradient explosions between log steps.

@@ -14,14 +14,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
+from harness import CLI, TINY_BASE, run_cli, write_spec
 from services import descendants, kill_pids, service_env
-from test_sweep_e2e import CLI, TINY_BASE, run_cli, write_spec
 
 _PROBE = """
 import sys, ray
