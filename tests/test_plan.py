@@ -204,6 +204,12 @@ def test_shipped_sweeps_are_the_intended_experiments():
     assert all(t.config.model.encoder.type == "hybrid_standard" and t.config.model.encoder.norm_style == "pre"
                and t.config.data.source == "synthetic" for t in demo.trials)
     assert len(demo.trials) == 12  # 6 seeds: the fewest with which the exact paired test can reach p < 0.05
+    m = demo.trials[0].config.model  # the real loop: recursion and ACT, not one pass
+    assert m.H_cycles >= 2 and m.L_cycles >= 2 and m.halt_max_steps >= 2 and m.halt_exploration_prob > 0
+    # the scale-free variance and the gradient spikes are compared, next to the raw variance
+    assert {"encoder_cross_sample_var_rel", "grad/max_norm", "grad/spike_steps"} <= set(demo.spec.metrics)
+    for plan in (demo, make_plan(load_spec(ROOT / "sweeps" / "norm-fix.yaml"))):
+        assert "encoder_cross_sample_var" not in plan.spec.metrics[:3]  # raw: falls with the fix by construction
 
     norm_fix = make_plan(load_spec(ROOT / "sweeps" / "norm-fix.yaml"))
     arms = {(t.config.model.encoder.type, t.config.model.encoder.kl_weight) for t in norm_fix.trials}
