@@ -165,3 +165,31 @@ def test_secrets_file_is_ignored_by_git_and_docker():
     out = subprocess.run(["git", "check-ignore", "-q", "docker/.env"], cwd=ROOT)
     assert out.returncode == 0, "docker/.env must be git-ignored"
     assert "docker/.env" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+# ---------------------------------------------------------------- the example's secrets
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_container_starts_through_the_secrets_check(dockerfile):
+    assert re.search(r'^ENTRYPOINT \["/app/docker/entrypoint.sh"\]$', dockerfile.read_text(), re.M)
+
+
+def test_containers_refuse_the_example_secrets_naming_each():
+    """docker/.env.example as it ships: the entrypoint says which variables, in one line, and runs nothing."""
+    entrypoint = str(DOCKER / "entrypoint.sh")
+    env = {"PATH": "/usr/bin:/bin", **ENV_EXAMPLE}
+    out = subprocess.run(["sh", entrypoint, "echo", "started"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "error: POSTGRES_PASSWORD, RAY_AUTH_TOKEN: still the change-me placeholder of docker/.env.example; "
+        "set a real secret in docker/.env"]
+
+    env.update(RAY_AUTH_TOKEN="0f" * 32)  # one left
+    out = subprocess.run(["sh", entrypoint, "echo", "started"], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("error: POSTGRES_PASSWORD: still the change-me")
+
+    env.update(POSTGRES_PASSWORD="a-real-one")  # none left: the command runs, with its arguments
+    out = subprocess.run(["sh", entrypoint, "sh", "-c", 'echo "started $0"', "x y"], env=env,
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "started x y\n", "")
