@@ -86,6 +86,10 @@ def test_install_pins_torch_variant_from_pyproject(tmp_path):
     out = subprocess.run(["bash", str(probe)], env={"TORCH_VARIANT": "cu128", "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == [f"{pin}+cu128", "--extra-index-url", "https://download.pytorch.org/whl/cu128"]
+    # TORCH_INDEX empty (scripts/build-images, where that index is out of reach): pip's own sources only
+    out = subprocess.run(["bash", str(probe)], env={"TORCH_VARIANT": "cpu", "TORCH_INDEX": "", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [f"{pin}+cpu"]
 
 
 # ---------------------------------------------------------------- compose
