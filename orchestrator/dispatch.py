@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 import yaml
+from ray.job_config import JobConfig
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
@@ -138,18 +139,21 @@ class TrackingCallback(tune.Callback):
             self.store.set_message(run_id, f"retrying after: {last_line}")
 
 
-def connect(address: str | None, workspace: Workspace) -> str | None:
+def connect(address: str | None, workspace: Workspace, job: dict[str, str]) -> str | None:
     """Join the cluster at `address`, or (None) start a local Ray sized to this machine, on loopback with
-    the workspace's token (see local_ray.py). Returns the dashboard URL."""
+    the workspace's token (see local_ray.py). `job` is the Ray job's metadata: the dashboard's job list
+    shows its `job_name`. Returns the dashboard URL."""
     if ray.is_initialized():
         ray.shutdown()
+    job_config = JobConfig(metadata=job)
     if address:
         local_ray.secure_cluster()
-        ctx = ray.init(address=address, log_to_driver=False, logging_level="error")
+        ctx = ray.init(address=address, job_config=job_config, log_to_driver=False, logging_level="error")
     else:
         local_ray.secure_local(workspace.ray_token)
         ctx = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                       dashboard_port=local_ray.dashboard_port(), log_to_driver=False, logging_level="error")
+                       dashboard_port=local_ray.dashboard_port(), job_config=job_config, log_to_driver=False,
+                       logging_level="error")
     url = ctx.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -259,7 +263,10 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
         opening = pool.submit(lambda: (store := ctx.store(), store.done_trial_ids()))
-        dashboard = connect(address, ctx.workspace)
+        # The sweep's name names its Ray job in the dashboard; the MLflow parent run records the job's id
+        # (waiting for MLflow's parent run before starting Ray would put seconds on every launch).
+        dashboard = connect(address, ctx.workspace, {"job_name": spec.name, "etrm.sweep": spec.name,
+                                                     "etrm.experiment": spec.tracking.experiment or spec.name})
         store, done = opening.result()
     if not address:
         local_ray.record(ctx.workspace.local_ray)
@@ -268,7 +275,7 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     _log_launch(store, parent, spec_text, plan, done)
     search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)
     console.print(f"[bold]{spec.name}[/]: {search.total} trials, {search.done} already done, "
-                  f"{search.remaining} to run · Ray dashboard {dashboard}"
+                  f"{search.remaining} to run · Ray dashboard {dashboard} (job {ray.get_runtime_context().get_job_id()})"
                   + ("" if address else f" (it asks for the token in {ctx.workspace.ray_token})"))
 
     metric, _ = spec.primary_metric()
@@ -307,6 +314,8 @@ def _log_launch(store: SweepStore, parent: str, spec_text: str, plan: Plan, done
     rows = [{"trial_id": t.trial_id, "cell_id": t.cell_id, "cell": t.cell_label, "seed": t.seed,
              "variant": t.variant, "already_done": t.trial_id in done} for t in plan.trials]
     store.log_text(parent, json.dumps(rows, indent=2), f"launches/{stamp}/plan.json")
-    env = {"code_version": code_version(), "packages": package_versions(),
+    job_id = ray.get_runtime_context().get_job_id()
+    store.set_ray_job(parent, job_id)  # the latest launch's; each launch's is in its folder
+    env = {"code_version": code_version(), "packages": package_versions(), "ray_job_id": job_id,
            "ray_resources": ray.cluster_resources()}
     store.log_text(parent, yaml.safe_dump(env, sort_keys=False), f"launches/{stamp}/environment.yaml")

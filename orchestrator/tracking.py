@@ -17,6 +17,7 @@ Trial runs add: `etrm.trial_id`, `etrm.cell_id`, `etrm.cell`, `etrm.seed`,
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class Tag:
     STATUS = "etrm.status"  # a TrialStatus in RECORDED
     MESSAGE = "etrm.message"
     NODE_ID = "etrm.node_id"
+    RAY_JOB_ID = "etrm.ray_job_id"  # sweep runs: the Ray job of the latest launch
 
 
 class Role(StrEnum):
@@ -58,6 +60,10 @@ class Role(StrEnum):
     TRIAL = "trial"
     SUMMARY = "summary"
 
+
+# With an http tracking URI, MLflow prints "View run ... at: URL" lines to stdout whenever a run ends: they
+# would bury a launch's own progress lines. `etrm-sweep ui` and the launch's last lines say where MLflow is.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 _RUN_STATUS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.DIVERGED: "FAILED", TrialStatus.FAILED: "FAILED",
                TrialStatus.STOPPED: "KILLED"}
@@ -211,6 +217,9 @@ class SweepStore:
 
     def set_message(self, run_id: str, message: str) -> None:
         self.client.set_tag(run_id, Tag.MESSAGE, message[:5000])
+
+    def set_ray_job(self, run_id: str, job_id: str) -> None:
+        self.client.set_tag(run_id, Tag.RAY_JOB_ID, job_id)
 
     def set_node(self, run_id: str, node_id: str) -> None:
         self.client.set_tag(run_id, Tag.NODE_ID, node_id)

@@ -60,6 +60,12 @@ def test_concurrent_sweep_through_a_postgres_backed_server_loses_nothing(server,
     finally:
         kill_pids(descendants(driver.pid))
     assert driver.returncode == 0, output
+    # A log, not a terminal: one line per trial event, and none of MLflow's own "View run" lines.
+    assert "View run" not in output and "View experiment" not in output, output
+    lines = output.splitlines()
+    for event in ("started", "finished"):
+        assert sum(line[9:].startswith(f"{event} ") for line in lines) == 4, output
+    assert any(line[9:].startswith("sweep ") and "4/4 trials done (4 finished)" in line for line in lines), output
 
     client = MlflowClient(server.url)
     exp = client.get_experiment_by_name("pg-sweep")
