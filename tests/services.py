@@ -93,6 +93,20 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def session_members(sid: int) -> set[int]:
+    """Processes of session sid (a Popen(start_new_session=True) child's pid), orphans included: a
+    process whose parent died is re-parented to init but keeps its session."""
+    found = set()
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after the command: state, ppid, pgrp, session
+            found.add(int(stat.split("/")[2]))
+    return found
+
+
 def pids_mentioning(text: str) -> set[int]:
     """Processes whose command line contains text (e.g. a Ray node's private temp dir)."""
     found = set()

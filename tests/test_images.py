@@ -31,7 +31,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from services import _http_ok, alive, descendants, free_port, kill_pids, pids_mentioning, start_postgres, wait_until
+from services import (_http_ok, alive, descendants, free_port, kill_pids, pids_mentioning, session_members,
+                      start_postgres, wait_until)
 from test_sweep_e2e import TINY_BASE
 
 pytestmark = pytest.mark.images
@@ -104,8 +105,9 @@ class Container:
         return subprocess.run(self._run(argv, env), capture_output=True, text=True, timeout=timeout)
 
     def stop(self, marker: str) -> None:
-        pids = set().union(*(descendants(p.pid) for p in self.procs)) | pids_mentioning(marker)
-        kill_pids({p for p in pids if alive(p)})
+        for _ in range(2):  # MLflow's uvicorn outlives its parent, re-parented to init but in the same session
+            pids = set().union(*(descendants(p.pid) | session_members(p.pid) for p in self.procs))
+            kill_pids({p for p in pids | pids_mentioning(marker) if alive(p)})
         subprocess.run(["buildah", "rm", self.name], capture_output=True)
 
 
