@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import ray
 import yaml
-from ray.job_config import JobConfig
 from ray import tune
+from ray.job_config import JobConfig
 from ray.tune.logger import JsonLoggerCallback
 from rich.console import Console
 

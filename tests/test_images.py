@@ -30,10 +30,9 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-
-from services import (_http_ok, alive, descendants, free_port, kill_pids, pids_mentioning, session_members,
-                      start_postgres, wait_until)
 from test_sweep_e2e import TINY_BASE
+
+from services import _http_ok, alive, descendants, free_port, kill_pids, pids_mentioning, session_members, start_postgres, wait_until
 
 pytestmark = pytest.mark.images
 
