@@ -20,6 +20,7 @@ from etrm.config import ConfigError
 from etrm.status import TrialStatus
 from orchestrator.plan import Plan, make_plan
 from orchestrator.spec import SpecError, SweepSpec, load_spec, show_value
+from orchestrator.sweep_lock import SweepLocked
 
 app = typer.Typer(
     name="etrm-sweep",
@@ -143,11 +144,11 @@ AddressOpt = Annotated[str | None, typer.Option("--address", metavar="HOST:PORT"
 
 @contextmanager
 def sweep_errors() -> Iterator[None]:
-    """user_errors, plus an unknown sweep name."""
+    """user_errors, plus an unknown sweep name and a sweep another driver runs."""
     with user_errors():
         try:
             yield
-        except LookupError as err:
+        except (LookupError, SweepLocked) as err:
             typer.echo(f"error: {err.args[0]}", err=True)
             raise typer.Exit(2) from None
 

@@ -31,6 +31,7 @@ from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
 from orchestrator.spec import SpecError, SweepSpec, base_for
+from orchestrator.sweep_lock import SweepLock
 from orchestrator.trainable import run_trial
 from orchestrator.workspace import SweepContext, Workspace
 
@@ -256,21 +257,42 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
            workspace: Workspace | None = None) -> SweepOutcome:
     console = console or Console()
     ctx = SweepContext(spec, (workspace or Workspace.default()).create())
-    ctx.save_spec(spec_text)
     plan = make_plan(spec)
     address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
     if not address and (leftovers := local_ray.reap(ctx.workspace.local_ray)):
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
-        opening = pool.submit(lambda: (store := ctx.store(), store.done_trial_ids()))
+        opening = pool.submit(_open_locked, ctx)
         # The sweep's name names its Ray job in the dashboard; the MLflow parent run records the job's id
         # (waiting for MLflow's parent run before starting Ray would put seconds on every launch).
         dashboard = connect(address, ctx.workspace, {"job_name": spec.name, "etrm.sweep": spec.name,
                                                      "etrm.experiment": spec.tracking.experiment or spec.name})
-        store, done = opening.result()
+        try:
+            store, lock = opening.result()
+        except BaseException:
+            ray.shutdown()  # refused (another driver runs the sweep) or no store: nothing ran
+            raise
+    with lock:
+        if lock.took_over:
+            console.print(f"Took over the lock of {lock.took_over.describe()}: that driver is gone.")
+        return _launch_locked(ctx, spec_text, plan, store, address, dashboard, console)
+
+
+def _open_locked(ctx: SweepContext) -> tuple[SweepStore, SweepLock]:
+    """The sweep's store and its one-driver lock (raises SweepLocked naming a live driver)."""
+    store = ctx.store()
+    return store, SweepLock.acquire(store.client, ctx.spec.tracking.experiment or ctx.spec.name, ctx.spec.name,
+                                    None if ctx.tracking_uri.startswith("http") else ctx.workspace.artifact_root)
+
+
+def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepStore, address: str | None,
+                   dashboard: str | None, console: Console) -> SweepOutcome:
+    spec = ctx.spec
+    done = store.done_trial_ids()
     if not address:
         local_ray.record(ctx.workspace.local_ray)
     check_resources(spec, ray.cluster_resources())
+    ctx.save_spec(spec_text)  # only a launch that passed every check replaces the spec `resume` reads
     parent = store.open_sweep(spec.description or "")
     _log_launch(store, parent, spec_text, plan, done)
     search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)

@@ -91,6 +91,10 @@ class SweepContext:
         # A server stores artifacts itself; a database (the embedded one, or a sqlite/postgresql URI) has no
         # artifact store, and MLflow would default to ./mlruns of whatever directory a command runs in.
         server = self.tracking_uri.startswith(("http://", "https://"))
+        if not server:  # two commands opening a fresh database at once must not race on its schema
+            from orchestrator.tracking_db import ensure_schema
+
+            ensure_schema(self.tracking_uri)
         return SweepStore(self.tracking_uri, self.spec.tracking.experiment or self.spec.name, self.spec.name,
                           artifact_root=None if server else self.workspace.artifact_root)
 
