@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ class Cell:
     status: dict[int, TrialStatus]  # seed -> trial status, every trial of the cell
     run_ids: dict[int, str]  # seed -> MLflow run id: every number traces back to runs
     metrics: dict[str, MetricSummary]
+    code_versions: list[str] = field(default_factory=list)  # of the cell's trials, sorted; "" = unknown
 
     def seeds(self, status: TrialStatus) -> list[int]:
         return sorted(s for s, st in self.status.items() if st == status)
@@ -245,6 +246,7 @@ def _cells(records, axes, metrics, selection, seed) -> list[Cell]:
                 status={r.seed: r.status for r in group},
                 run_ids={r.seed: r.run_id for r in group},
                 metrics=summaries,
+                code_versions=sorted({r.code_version for r in group}),
             )
         )
     return cells

@@ -31,8 +31,9 @@ from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
 from orchestrator.spec import SpecError, SweepSpec, base_for
-from orchestrator.sweep_lock import SweepLock
+from orchestrator.sweep_lock import SweepLock, WorkspaceLock
 from orchestrator.trainable import run_trial
+from orchestrator.versions import split_versions
 from orchestrator.workspace import SweepContext, Workspace
 
 if TYPE_CHECKING:  # MLflow loads in launch's background thread, while Ray starts
@@ -214,7 +215,8 @@ def optuna_search(spec: SweepSpec, store: SweepStore) -> Search:
     optuna = spec.optuna
     assert optuna is not None and optuna.metric is not None  # resolve() chose the metric
     points, rewards = [], []
-    for record in store.records([optuna.metric]):
+    current, _ = split_versions(make_plan(spec), store.records([optuna.metric]))
+    for record in current:
         if record.status in DONE and optuna.metric in record.final:
             points.append({f"sample/{k}": record.variant[k] for k in optuna.space})  # Tune's flattened names
             rewards.append(record.final[optuna.metric])
@@ -261,21 +263,25 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
     if not address and (leftovers := local_ray.reap(ctx.workspace.local_ray)):
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
-    with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
-        opening = pool.submit(_open_locked, ctx)
-        # The sweep's name names its Ray job in the dashboard; the MLflow parent run records the job's id
-        # (waiting for MLflow's parent run before starting Ray would put seconds on every launch).
-        dashboard = connect(address, ctx.workspace, {"job_name": spec.name, "etrm.sweep": spec.name,
-                                                     "etrm.experiment": spec.tracking.experiment or spec.name})
-        try:
-            store, lock = opening.result()
-        except BaseException:
-            ray.shutdown()  # refused (another driver runs the sweep) or no store: nothing ran
-            raise
-    with lock:
-        if lock.took_over:
-            console.print(f"Took over the lock of {lock.took_over.describe()}: that driver is gone.")
-        return _launch_locked(ctx, spec_text, plan, store, address, dashboard, console)
+    local = WorkspaceLock(ctx.workspace.locks / f"{spec.name}.lock", spec.name)  # before Ray: refused at once
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
+            opening = pool.submit(_open_locked, ctx)
+            # The sweep's name names its Ray job in the dashboard; the MLflow parent run records the job's id
+            # (waiting for MLflow's parent run before starting Ray would put seconds on every launch).
+            dashboard = connect(address, ctx.workspace, {"job_name": spec.name, "etrm.sweep": spec.name,
+                                                         "etrm.experiment": spec.tracking.experiment or spec.name})
+            try:
+                store, lock = opening.result()
+            except BaseException:
+                ray.shutdown()  # refused (a driver elsewhere runs the sweep) or no store: nothing ran
+                raise
+        with lock:
+            if lock.took_over:
+                console.print(f"Took over the lock of {lock.took_over.describe()}: that driver is gone.")
+            return _launch_locked(ctx, spec_text, plan, store, address, dashboard, console)
+    finally:
+        local.release()
 
 
 def _open_locked(ctx: SweepContext) -> tuple[SweepStore, SweepLock]:

@@ -19,6 +19,7 @@ class TrialRecord:
     final: dict[str, float]  # last logged value of each metric
     history: dict[str, list[tuple[int, float]]]  # metric -> [(step, value)] in step order
     run_id: str
+    code_version: str = ""  # git sha of the code that ran it (`-dirty` with local changes); "" unknown
 
 
 def mlflow_metric_name(name: str) -> str:

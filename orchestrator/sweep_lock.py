@@ -9,10 +9,17 @@ A lock is stale when its holder is gone: on the holder's own host, when no proce
 time (exact, as in local_ray.py); from another host, when its heartbeat is older than STALE_AFTER_S. A
 stale lock is taken over by renaming it away by its id (so a taker never moves a lock created after it
 looked) and creating the name again: creation stays the only way to hold the lock, and one taker wins.
+
+Before that, and before Ray starts, a launch holds an flock on `<workspace>/locks/<sweep>.lock`: a second
+driver in the same workspace is refused at once (two local Rays starting together can break both), and
+the operating system frees it when its holder dies, so it is never stale.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import socket
 import threading
 import time
@@ -69,6 +76,37 @@ class Holder:
         return f"driver pid {self.pid} on host {self.host}, since {since}"
 
 
+class WorkspaceLock:
+    """An flock on a file naming its holder; held until release() or the holder's death."""
+
+    def __init__(self, path: Path, sweep: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by Ray's processes
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.read(self.fd, 4096)
+            os.close(self.fd)
+            try:
+                holder = Holder(**json.loads(held))
+            except (ValueError, TypeError):
+                holder = None  # locked, its note not written yet
+            raise SweepLocked(_refusal(sweep, holder)) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(Holder.me().__dict__).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing frees the flock; the file stays (deleting it would race a new holder)
+            self.fd = -1
+
+
+def _refusal(sweep: str, holder: Holder | None) -> str:
+    return (f"sweep {sweep!r} is already running: "
+            + (holder.describe() if holder else "a driver is starting it right now")
+            + "; wait for it to end, or stop that driver (its trials resume on the next launch)")
+
+
 def lock_name(experiment: str, sweep: str) -> str:
     return f"etrm-sweep lock: {experiment}/{sweep}"
 
@@ -105,10 +143,7 @@ class SweepLock:
                 continue  # released meanwhile
             holder = Holder.from_tags(found.tags)
             if holder is None or holder.alive():
-                raise SweepLocked(
-                    f"sweep {sweep!r} is already running: "
-                    + (holder.describe() if holder else "a driver is starting it right now")
-                    + "; wait for it to end, or stop that driver (its trials resume on the next launch)")
+                raise SweepLocked(_refusal(sweep, holder))
             _retire(client, found.experiment_id, name, "stale")
             took_over = holder
         raise SweepLocked(f"sweep {sweep!r}: could not take its lock {name!r} (other drivers kept taking it)")

@@ -12,8 +12,10 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.compare import Comparison, cell_summary_metrics, compare
+from orchestrator.plan import make_plan
 from orchestrator.report import print_report, to_html, to_json, write_report
 from orchestrator.tracking import SweepStore
+from orchestrator.versions import older_note, split_versions
 
 
 def report_sweep(spec, store: SweepStore, console: Console, json_out: Path | None = None,
@@ -21,15 +23,18 @@ def report_sweep(spec, store: SweepStore, console: Console, json_out: Path | Non
     parent = store.parent_run_id()
     if parent is None:
         raise LookupError(f"sweep {spec.name!r} has no runs in {store.uri}: launch it first")
-    records = store.records()
+    records, older = split_versions(make_plan(spec), store.records())
     axes = list(spec.axes) if spec.search == "grid" else list(spec.search.optuna.space)
     contrast = (spec.contrast.axis, spec.contrast.treatment, spec.contrast.control) if spec.contrast else None
     comparison = compare(records, axes=axes, contrast=contrast, metrics=spec.metrics)
     print_report(comparison, console)
+    if note := older_note(older):
+        console.print(note)
 
     with tempfile.TemporaryDirectory() as tmp:
         write_report(comparison, records, Path(tmp))
         store.log_artifacts(parent, Path(tmp), "report")
+    store.delete_summary_runs(keep={cell.cell_id for cell in comparison.cells})  # cells of older versions
     for cell in comparison.cells:
         store.write_summary_run(parent, cell.cell_id, cell.label, cell.variant,
                                 cell_summary_metrics(comparison, cell.cell_id))

@@ -14,6 +14,7 @@ command opens a database store through it (workspace.SweepContext.store); run it
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import sys
@@ -26,6 +27,8 @@ from mlflow.store.db.utils import create_sqlalchemy_engine_with_retry
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 SCHEMA_LOCK = 7_310_512_041  # any fixed bigint shared by every caller
+# "Creating initial MLflow database tables..." on a command's stderr says nothing its user needs
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def ensure_schema(uri: str) -> None:

@@ -4,6 +4,7 @@ unit changes in one place and the numbers never depend on how they are said."""
 from __future__ import annotations
 
 import math
+import re
 
 from etrm.metrics import METRICS, is_fraction, is_variance
 from etrm.status import EXCLUDED
@@ -65,6 +66,15 @@ def _arm_notes(cell: Cell | None, label: str, metric: str) -> list[str]:
     return notes
 
 
+def _code_note(*arms: Cell | None) -> list[str]:
+    """Runs of the two arms made by more than one version of the code: a difference may be the code's."""
+    versions = sorted({v for cell in arms if cell for v in cell.code_versions})
+    if len(versions) < 2:
+        return []
+    short = [re.sub(r"^([0-9a-f]{10})[0-9a-f]{30}", r"\1", v) or "unknown" for v in versions]  # git sha -> 10
+    return [f"runs from {len(versions)} code versions ({', '.join(short)})"]
+
+
 def verdict(r: ContrastResult, comparison: Comparison) -> str:
     """One plain sentence: size with its 95% t CI, p (Holm for the primary metric, raw and marked
     exploratory otherwise), seeds that moved the better way, and failures."""
@@ -74,6 +84,7 @@ def verdict(r: ContrastResult, comparison: Comparison) -> str:
     head += "" if r.confirmatory else "(exploratory) "
     notes = _arm_notes(cells.get(r.treatment_cell or ""), r.treatment_label, m)  # None: the arm has no trials
     notes += _arm_notes(cells.get(r.control_cell or ""), r.control_label, m)
+    notes += _code_note(cells.get(r.treatment_cell or ""), cells.get(r.control_cell or ""))
     tail = "".join(f"; {n}" for n in notes)
     if r.method == "none":
         return (

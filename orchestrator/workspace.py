@@ -57,6 +57,11 @@ class Workspace:
         """The token of the Ray that launches start here (0600): the dashboard asks for it."""
         return self.root / "ray-token"
 
+    @property
+    def locks(self) -> Path:
+        """One lock file per sweep, held by the driver running it (see orchestrator/sweep_lock.py)."""
+        return self.root / "locks"
+
     def create(self) -> "Workspace":
         for path in (self.root, self.artifact_root, self.ray_results, self.checkpoints):
             path.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """compare() and the report on hand-built TrialRecords whose every statistic can be checked by hand."""
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -271,3 +272,14 @@ def test_overview_puts_every_metric_of_a_cell_side_by_side(two_cells):
     print_report(comp, console)
     assert "all metrics: mean over seeds per cell" in console.export_text()
     assert "| " + " | ".join(rows[0]) + " |" in to_markdown(comp)
+
+
+def test_runs_of_different_code_versions_are_flagged_in_every_verdict_they_touch(two_cells):
+    same = compare(two_cells, axes=[FN], contrast=CONTRAST, metrics=METRICS)
+    assert not any("code versions" in v for v in same.verdicts)
+    sha_a, sha_b = "a" * 40, "b" * 39 + "c"
+    mixed = [dataclasses.replace(r, code_version=sha_b + "-dirty" if r.seed == 0 and r.variant[FN] else sha_a)
+             for r in two_cells]
+    comp = compare(mixed, axes=[FN], contrast=CONTRAST, metrics=METRICS)
+    assert comp.cell("cell-True").code_versions == [sha_a, sha_b + "-dirty"]
+    assert all(f"runs from 2 code versions ({'a' * 10}, {'b' * 10}-dirty)" in v for v in comp.verdicts), comp.verdicts

@@ -1,0 +1,84 @@
+"""End to end, what keeps a sweep's record whole: one driver at a time, versions, the saved spec.
+
+The real CLI in a fresh workspace, a real local Ray and the real embedded MLflow store, checked
+through what MLflow holds afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from services import descendants, kill_pids, service_env
+from test_sweep_e2e import CLI, TINY_BASE, run_cli, store_for, trial_runs, write_spec
+
+pytestmark = pytest.mark.integration
+SHORT = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 4, "eval_every": 4}}
+
+
+def test_two_launches_of_one_sweep_at_once_one_runs_the_other_is_refused(tmp_path):
+    """A fresh workspace: both drivers create the MLflow schema at once (no race), one takes the lock."""
+    ws = tmp_path / "ws"
+    spec = write_spec(tmp_path, "twice", base=SHORT)
+    env = service_env(ETRM_SWEEP_HOME=str(ws), COLUMNS="200")
+    drivers = [subprocess.Popen(CLI + ["launch", str(spec)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True) for _ in range(2)]
+    try:
+        outs = [d.communicate(timeout=400) for d in drivers]
+    finally:
+        for d in drivers:
+            kill_pids(descendants(d.pid))
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 2], outs
+    winner, loser = (drivers[0], drivers[1]) if drivers[0].returncode == 0 else (drivers[1], drivers[0])
+    _, refusal = outs[drivers.index(loser)]
+    assert refusal.startswith(f"error: sweep 'twice' is already running: driver pid {winner.pid} on host "), refusal
+    assert len(refusal.strip().splitlines()) == 1 and "Traceback" not in refusal
+    runs = trial_runs(ws, "twice")
+    assert len(runs) == 4 and all(r.data.tags["etrm.status"] == "finished" for r in runs)
+    client = store_for(ws, "twice").client
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/lm_loss")] == [2, 4]
+
+
+def test_a_new_base_is_a_new_version_and_a_refused_launch_keeps_the_saved_spec(tmp_path):
+    ws = tmp_path / "ws"
+    first = run_cli(["launch", str(write_spec(tmp_path, "ver", base=SHORT))], ws)
+    assert first.returncode == 0, first.stdout + first.stderr
+    saved = (ws / "sweeps" / "ver.yaml").read_text()
+
+    # refused once Ray reports its resources: `resume` must still find the spec that ran
+    greedy = run_cli(["launch", str(write_spec(tmp_path, "ver", base=SHORT, resources={"cpu": 100}))], ws)
+    assert greedy.returncode == 2 and "resources.cpu" in greedy.stderr, greedy.stdout + greedy.stderr
+    assert (ws / "sweeps" / "ver.yaml").read_text() == saved
+
+    v2_base = {**SHORT, "train": {**SHORT["train"], "lr": 3e-3}}
+    second = run_cli(["launch", str(write_spec(tmp_path, "ver", base=v2_base))], ws)
+    out = " ".join(second.stdout.split())
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "4 already done" not in out and "0 already done" in out
+    assert "4 trial run(s) of an earlier version of this sweep" in out, out
+    store = store_for(ws, "ver")
+    runs = store.trial_runs()
+    assert len(runs) == 8
+    current = {tid for tid, r in runs.items() if json.loads(r.data.params["train.lr"]) == 3e-3}
+    assert len(current) == 4
+    summaries = list(store._search("summary"))
+    assert len(summaries) == 2  # the old version's summary runs are gone, the new cells' are there
+    current_cells = {runs[tid].data.tags["etrm.cell_id"] for tid in current}
+    assert {s.data.tags["etrm.cell_id"] for s in summaries} == current_cells
+
+    # a current run made by other code: every verdict says so
+    store.client.set_tag(runs[sorted(current)[0]].info.run_id, "etrm.code_version", "0" * 40)
+    compared = run_cli(["compare", "ver"], ws)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    said = " ".join(compared.stdout.split())
+    assert said.count("runs from 2 code versions (0000000000, ") == 2, said  # both metrics' verdicts
+
+    status = run_cli(["status", "ver"], ws)
+    assert status.returncode == 0 and "4 finished" in status.stdout, status.stdout + status.stderr
+    assert "4 trial run(s) of an earlier version" in " ".join(status.stdout.split())
+    resumed = run_cli(["resume", "ver"], ws)
+    assert resumed.returncode == 0 and "4 already done" in resumed.stdout, resumed.stdout + resumed.stderr
