@@ -26,7 +26,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, save_checkpoint
+from etrm.checkpoint import (CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, resumable,
+                             save_checkpoint)
 from etrm.config import ConfigError, TrialConfig, load_config
 from etrm.data import EvalSet, TrainSampler, load_puzzles
 from etrm.diagnostics import GradSpikes, HaltedMeans, encoder_diagnostics, grad_norm
@@ -46,9 +47,14 @@ class TrialCrashed(RuntimeError):
     """The trial failed for a reason a retry from the last checkpoint may fix (Ray retries it)."""
 
 
+class TrialInvalid(ValueError):
+    """The trial cannot run as configured (bad config or data): every retry would fail the same way."""
+
+
 class Reporter(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
     def checkpoint_saved(self, step: int, path: Path) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 class SilentReporter:
@@ -58,6 +64,9 @@ class SilentReporter:
         return None
 
     def checkpoint_saved(self, step: int, path: Path) -> None:
+        return None
+
+    def warn(self, message: str) -> None:
         return None
 
 
@@ -196,7 +205,10 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
     reporter = reporter or SilentReporter()
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     tc = cfg.train
-    s = setup(cfg)
+    try:
+        s = setup(cfg)
+    except (ValueError, FileNotFoundError) as err:  # the config or its data: the same on every attempt
+        raise TrialInvalid(f"{type(err).__name__}: {err}") from err
     model, optimizer = s.model, s.optimizer
     trainable = [p for p in model.parameters() if p.requires_grad]
     ema_pairs = (list(s.ema.parameters()), list(model.parameters())) if s.ema is not None else None
@@ -205,11 +217,14 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
     last: dict[str, float] = {}
     grad_spikes = GradSpikes(tc.grad_clip, s.device)
     ckpt_path = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists():
-        step, carry, last = load_checkpoint(
-            ckpt_path, cfg=cfg, model=model, optimizer=optimizer, ema=s.ema, sampler=s.sampler,
-            grad_spikes=grad_spikes, device=s.device,
-        )
+    if checkpoint_dir is not None and checkpoint_dir.exists():
+        found, state, notes = resumable(checkpoint_dir)
+        for note in notes:
+            reporter.warn(note)
+        if state is not None:
+            step, carry, last = load_checkpoint(state, found, cfg=cfg, model=model, optimizer=optimizer,
+                                                ema=s.ema, sampler=s.sampler, grad_spikes=grad_spikes,
+                                                device=s.device)
 
     halted_means = HaltedMeans(s.device)
     bad_step = torch.zeros((), dtype=torch.long, device=s.device)  # first step with a non-finite loss; 0 = none
@@ -297,6 +312,9 @@ class ProgressReporter:
     def checkpoint_saved(self, step: int, path: Path) -> None:
         """A checkpoint changes nothing on the progress bar."""
 
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"warning: {message}")
+
 
 def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str | Path | None,
                   checkpoint_dir: str | Path | None) -> int:
@@ -318,7 +336,7 @@ def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str |
         with Progress(*columns, console=err) as progress:
             task = progress.add_task("train", total=cfg.train.steps, info="")
             result = train(cfg, ProgressReporter(progress, task), Path(checkpoint_dir) if checkpoint_dir else None)
-    except (CheckpointMismatch, ConfigError) as e:
+    except (CheckpointMismatch, ConfigError, TrialInvalid) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrialCrashed as e:

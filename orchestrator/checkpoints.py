@@ -10,8 +10,10 @@ mirrored through a local working folder with pyarrow.fs.
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 
@@ -24,6 +26,19 @@ class CheckpointStore:
             self.fs, self.base = pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
             self.local_root = Path(self.base)
         self.root = root
+
+    def check_writable(self) -> str | None:
+        """Why checkpoints cannot be written here (a probe file is written and deleted), or None: asked
+        before Ray starts, so unwritable storage fails the launch instead of every trial attempt."""
+        probe = f"{self.base}/.etrm-write-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.create_dir(self.base, recursive=True)
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"probe")
+            self.fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as err:
+            return f"cannot write checkpoints to {self.root}: {err}"
+        return None
 
     def workdir(self, trial_id: str) -> Path:
         """A local folder holding the trial's latest checkpoint (if any), where the trainer writes new ones."""
@@ -44,6 +59,14 @@ class CheckpointStore:
             return
         pafs.copy_files(str(workdir), f"{self.base}/{trial_id}", source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.fs)
+
+    def read_text(self, trial_id: str, name: str) -> str | None:
+        """A file of the trial's folder as published (None if absent)."""
+        path = f"{self.base}/{trial_id}/{name}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode(errors="replace")
 
     def has_checkpoint(self, trial_id: str) -> bool:
         info = self.fs.get_file_info(f"{self.base}/{trial_id}/checkpoint.pt")

@@ -228,11 +228,9 @@ def status(name: NameArg) -> None:
     console = Console()
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
-    planned = {t.trial_id for t in plan.trials}
-    older = [r for tid, r in runs.items() if tid not in planned] if ctx.spec.search == "grid" else []
-    if older:
-        console.print(f"{len(older)} trial run(s) of an earlier version of this sweep (another base or axes) are "
-                      "kept in MLflow but not shown; `etrm-sweep compare` leaves them out too")
+    if ctx.spec.search == "grid" and (older := len(rows) - len(plan.trials)):
+        console.print(f"the last {older} row(s): trial runs of an earlier version of this sweep (another base or "
+                      "axes), kept in MLflow; `etrm-sweep compare` and `resume` leave them out")
 
 
 @app.command()

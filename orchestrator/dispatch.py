@@ -27,6 +27,8 @@ from rich.console import Console
 from etrm.config import build_config
 from etrm.status import DONE, TrialStatus
 from orchestrator import local_ray
+from orchestrator.checkpoints import CheckpointStore
+from orchestrator.history import rebuild_runs
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
@@ -76,6 +78,7 @@ class TrackingCallback(tune.Callback):
         self.runs: dict[str, str] = {}        # trial_id -> MLflow run id
         self.final: dict[str, TrialStatus] = {}  # trial_id -> how it ended (the trainer's word, or ours)
         self.nodes: dict[str, str] = {}       # trial_id -> Ray node id of its latest attempt
+        self.warnings: dict[str, int] = {}    # trial_id -> warnings recorded by this launch
         self.existing = store.trial_runs()
 
     def __getstate__(self) -> dict:
@@ -101,6 +104,13 @@ class TrackingCallback(tune.Callback):
         if not event:
             return
         run_id = self.runs[planned.trial_id]
+        if event["event"] == "warning":  # e.g. a corrupt checkpoint set aside: the trial goes on
+            n = self.warnings[planned.trial_id] = self.warnings.get(planned.trial_id, 0) + 1
+            self.store.log_text(run_id, event["message"], f"warnings/{time.strftime('%Y%m%d-%H%M%S')}-{n}.txt")
+            self.progress.console.print(f"[yellow]{planned.cell_label} seed={planned.seed}: {event['message']}")
+            return
+        if "error" in event:  # a failure not worth retrying: its stack, as Ray's error file would give it
+            self.store.log_text(run_id, event["error"], "errors/not-retried.txt")
         if self.nodes.get(planned.trial_id) != event["node_id"]:  # a new node: the trial (re)started there
             self.nodes[planned.trial_id] = event["node_id"]
             self.store.set_node(run_id, event["node_id"])
@@ -264,6 +274,9 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     if not address and (leftovers := local_ray.reap(ctx.workspace.local_ray)):
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     local = WorkspaceLock(ctx.workspace.locks / f"{spec.name}.lock", spec.name)  # before Ray: refused at once
+    if problem := CheckpointStore(ctx.checkpoint_root).check_writable():
+        local.release()
+        raise SpecError(f"{'cluster.storage' if spec.cluster.storage else 'workspace'}: {problem}")
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
             opening = pool.submit(_open_locked, ctx)
@@ -294,12 +307,14 @@ def _open_locked(ctx: SweepContext) -> tuple[SweepStore, SweepLock]:
 def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepStore, address: str | None,
                    dashboard: str | None, console: Console) -> SweepOutcome:
     spec = ctx.spec
-    done = store.done_trial_ids()
     if not address:
         local_ray.record(ctx.workspace.local_ray)
     check_resources(spec, ray.cluster_resources())
     ctx.save_spec(spec_text)  # only a launch that passed every check replaces the spec `resume` reads
     parent = store.open_sweep(spec.description or "")
+    for line in rebuild_runs(store, parent, plan, CheckpointStore(ctx.checkpoint_root)):
+        console.print(line)
+    done = store.done_trial_ids()
     _log_launch(store, parent, spec_text, plan, done)
     search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)
     console.print(f"[bold]{spec.name}[/]: {search.total} trials, {search.done} already done, "

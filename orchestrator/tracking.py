@@ -233,7 +233,7 @@ class SweepStore:
     def delete_summary_runs(self, keep: set[str]) -> None:
         """Delete the summary runs of cells not in `keep` (cells of an earlier version of the sweep)."""
         for old in self._search("summary"):
-            if old.data.tags.get("etrm.cell_id") not in keep:
+            if old.data.tags.get(Tag.CELL_ID) not in keep:
                 self.client.delete_run(old.info.run_id)
 
     def write_summary_run(self, parent_id: str, cell_id: str, label: str, variant: dict[str, Any],
@@ -288,7 +288,7 @@ class SweepStore:
                 trial_id=trial_id, cell_id=tags[Tag.CELL_ID], seed=int(tags[Tag.SEED]),
                 variant=json.loads(tags[Tag.VARIANT]), status=status_of(run),
                 final={k: h[-1][1] for k, h in history.items() if h}, history=history,
-                run_id=run.info.run_id, code_version=tags.get("etrm.code_version", ""),
+                run_id=run.info.run_id, code_version=tags.get(Tag.CODE_VERSION, ""),
             ))
         return out
 

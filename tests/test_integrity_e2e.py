@@ -82,3 +82,83 @@ def test_a_new_base_is_a_new_version_and_a_refused_launch_keeps_the_saved_spec(t
     assert "4 trial run(s) of an earlier version" in " ".join(status.stdout.split())
     resumed = run_cli(["resume", "ver"], ws)
     assert resumed.returncode == 0 and "4 already done" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
+def test_a_lost_tracking_store_is_rebuilt_from_trial_storage(tmp_path):
+    """mlflow.db deleted after a finished sweep: the relaunch rebuilds every run with its whole curve and
+    status from the trials' history files, runs nothing, and names the trial whose history is gone."""
+    ws = tmp_path / "ws"
+    spec = write_spec(tmp_path, "lost")
+    first = run_cli(["launch", str(spec)], ws)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = {tid: r.data.metrics for tid, r in store_for(ws, "lost").trial_runs().items()}
+    (ws / "mlflow.db").unlink()
+    bare = sorted(before)[0]
+    (ws / "checkpoints" / "lost" / bare / "history.jsonl").unlink()
+
+    again = run_cli(["launch", str(spec)], ws)
+    said = " ".join(again.stdout.split())
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Rebuilt 3 trial run(s) the tracking store lacked from their trial storage" in said, said
+    assert f"trial {bare[:8]} (" in said and "has a checkpoint but no metric history" in said, said
+    assert "4 trials, 3 already done, 1 to run" in said, said
+    store = store_for(ws, "lost")
+    runs = store.trial_runs()
+    assert set(runs) == set(before)
+    for tid, run in runs.items():
+        assert run.data.tags["etrm.status"] == "finished" and run.info.status == "FINISHED"
+        steps = [m.step for m in store.client.get_metric_history(run.info.run_id, "train/lm_loss")]
+        if tid == bare:  # resumed from its last checkpoint: only what it logged again
+            assert steps == [8]
+        else:
+            assert steps == [2, 4, 6, 8]
+            assert run.data.metrics == pytest.approx(before[tid])  # the same last values, every metric
+
+
+def test_bad_checkpoints_bad_data_and_unwritable_storage_each_end_the_way_they_should(tmp_path):
+    """Unwritable storage: refused before Ray starts. Bad data: failed once, not retried. A truncated
+    checkpoint: named, set aside, and the trial resumes from the one before, its curve complete."""
+    ws = tmp_path / "ws"
+    (tmp_path / "a-file").write_text("")
+    nowhere = run_cli(["launch", str(write_spec(tmp_path, "faulty", base=SHORT,
+                                                 cluster={"storage": str(tmp_path / "a-file" / "store")}))], ws)
+    assert nowhere.returncode == 2 and "Traceback" not in nowhere.stderr, nowhere.stdout + nowhere.stderr
+    assert nowhere.stderr.startswith(f"error: cluster.storage: cannot write checkpoints to {tmp_path / 'a-file'}")
+    assert not (ws / "sweeps" / "faulty.yaml").exists()
+
+    too_big = tmp_path / "too-big"  # one ARC task whose grids exceed grid_size: every attempt fails in setup
+    too_big.mkdir()
+    pair = {"input": [[1] * 9] * 9, "output": [[2] * 9] * 9}
+    (too_big / "task.json").write_text(json.dumps({"train": [pair, pair], "test": [pair]}))
+    base = {**SHORT, "train": {**SHORT["train"], "steps": 12, "checkpoint_every": 4, "eval_every": 12},
+            "faults": {"raise_at_step": 10}}
+    spec = dict(base=base, axes={"data.source": ["synthetic", str(too_big)]}, seeds=[0], contrast=None)
+    first = run_cli(["launch", str(write_spec(tmp_path, "faulty", max_failures=0, **spec))], ws)
+    assert first.returncode == 1, first.stdout + first.stderr
+    store = store_for(ws, "faulty")
+    by_source = {json.loads(r.data.tags["etrm.variant"])["data.source"]: r for r in store.trial_runs().values()}
+    crashed = by_source["synthetic"]
+    assert crashed.data.tags["etrm.status"] == "failed"
+    folder = ws / "checkpoints" / "faulty" / crashed.data.tags["etrm.trial_id"]
+    latest = folder / "checkpoint.pt"
+    latest.write_bytes(latest.read_bytes()[:-200])  # truncated: the step-8 checkpoint is bad, step 4 is good
+
+    second = run_cli(["launch", str(write_spec(tmp_path, "faulty", max_failures=2, **spec))], ws)
+    said = " ".join(second.stdout.split())
+    assert second.returncode == 1 and "1 of 2 trial(s) did not finish" in said, second.stdout + second.stderr
+    assert f"{latest}: checksum mismatch" in said and "set aside as checkpoint.pt.corrupt-" in said, said
+    assert len(list(folder.glob("checkpoint.pt.corrupt-*"))) == 1
+    runs = {json.loads(r.data.tags["etrm.variant"])["data.source"]: r for r in store.trial_runs().values()}
+    resumed = runs["synthetic"]
+    assert resumed.data.tags["etrm.status"] == "finished"
+    steps = [m.step for m in store.client.get_metric_history(resumed.info.run_id, "train/lm_loss")]
+    assert steps == [2, 4, 6, 8, 10, 12]  # 6 and 8 logged by both attempts, recorded once
+    warnings = [a.path for a in store.client.list_artifacts(resumed.info.run_id, "warnings")]
+    assert len(warnings) == 1
+
+    bad = runs[str(too_big)]
+    assert bad.data.tags["etrm.status"] == "failed"
+    assert bad.data.tags["etrm.message"].startswith("not retried, it would fail the same way: TrialInvalid: "
+                                                    "ValueError: ")
+    errors = [a.path for a in store.client.list_artifacts(bad.info.run_id, "errors")]
+    assert errors == ["errors/not-retried.txt"]  # one attempt per launch, no Ray retry (max_failures: 2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch
+from etrm.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, CheckpointMismatch, read_checkpoint
 from etrm.config import build_config
 from etrm.metrics import METRICS
 from etrm.train import TrialCrashed, train
@@ -45,6 +45,10 @@ class Recorder:
     def __init__(self):
         self.logs: list[tuple[int, dict[str, float]]] = []
         self.checkpoints: list[int] = []
+        self.warnings: list[str] = []
+
+    def warn(self, message):
+        self.warnings.append(message)
 
     def log(self, step, metrics):
         self.logs.append((step, dict(metrics)))
@@ -81,7 +85,7 @@ def test_cli_runs_a_trial_and_writes_json(tmp_path):
 
 
 def _final_state(checkpoint_dir: Path) -> dict:
-    return torch.load(checkpoint_dir / CHECKPOINT_NAME, weights_only=True)
+    return read_checkpoint(checkpoint_dir / CHECKPOINT_NAME)
 
 
 def _assert_same_tensors(a, b, where=""):
@@ -134,6 +138,34 @@ def test_reporting_and_checkpoint_frequencies_do_not_change_what_a_trial_compute
     _assert_same_tensors(_final_state(tmp_path / "a")["model"], _final_state(tmp_path / "b")["model"], "model")
     evals = [{k: v for k, v in r.metrics.items() if k.startswith(("eval/", "ARC/"))} for r in (a, b)]
     assert evals[0] and evals[0] == evals[1]
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path):
+    """Truncated latest checkpoint: named, set aside, the step-4 one resumes; both bad: a fresh start.
+    Either way the trial ends exactly as a straight run does."""
+    straight = train(tiny(), checkpoint_dir=tmp_path / "straight")
+    crashing, ck = tiny(**{"faults.raise_at_step": 10}), tmp_path / "crashed"
+    with pytest.raises(TrialCrashed):
+        train(crashing, checkpoint_dir=ck)
+    assert read_checkpoint(ck / PREVIOUS_NAME)["step"] == 4
+    latest = ck / CHECKPOINT_NAME
+    latest.write_bytes(latest.read_bytes()[:-100])
+    rec = Recorder()
+    resumed = train(crashing, rec, checkpoint_dir=ck)
+    assert len(rec.warnings) == 1 and rec.warnings[0].startswith(f"{latest}: checksum mismatch"), rec.warnings
+    aside = rec.warnings[0].split("set aside as ")[1]
+    assert (ck / aside).exists() and aside.startswith("checkpoint.pt.corrupt-")
+    assert [s for s, _ in rec.logs][0] == 6  # from step 4: log_every 3 logs step 6 next
+    drop_perf = lambda m: {k: v for k, v in m.items() if not k.startswith("perf/")}  # noqa: E731
+    assert drop_perf(resumed.metrics) == drop_perf(straight.metrics)
+
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):  # both bad now: nothing to resume
+        (ck / name).write_bytes(b"not a checkpoint")
+    rec = Recorder()
+    again = train(crashing, rec, checkpoint_dir=ck)
+    assert [w.split(":")[0] for w in rec.warnings[:2]] == [str(ck / CHECKPOINT_NAME), str(ck / PREVIOUS_NAME)]
+    assert rec.warnings[2] == "no good checkpoint left: the trial starts again from step 0"
+    assert rec.logs[0][0] < 4 and drop_perf(again.metrics) == drop_perf(straight.metrics)
 
 
 def test_crash_fault_raises_without_a_checkpoint_dir():
