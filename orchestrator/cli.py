@@ -156,8 +156,14 @@ def sweep_errors() -> Iterator[None]:
 def _run(ctx, spec_text: str, address: str | None) -> None:
     from orchestrator.dispatch import launch as launch_sweep
 
+    from orchestrator.journal import TrackingUnavailable
+
     console = Console()
-    outcome = launch_sweep(ctx.spec, spec_text, address=address, console=console, workspace=ctx.workspace)
+    try:
+        outcome = launch_sweep(ctx.spec, spec_text, address=address, console=console, workspace=ctx.workspace)
+    except TrackingUnavailable as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     from orchestrator.sweep_report import report_sweep  # statistics and plots: not before the trials start
 
     store = ctx.store()

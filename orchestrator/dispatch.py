@@ -29,6 +29,7 @@ from etrm.status import DONE, TrialStatus
 from orchestrator import local_ray
 from orchestrator.checkpoints import CheckpointStore
 from orchestrator.history import rebuild_runs
+from orchestrator.journal import TrackingJournal, replay
 from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
@@ -71,15 +72,15 @@ class SweepOutcome:
 
 
 class TrackingCallback(tune.Callback):
-    """Driver-side bridge from Ray Tune events to MLflow runs and the live progress view."""
+    """Driver-side bridge from Ray Tune events to MLflow runs (through the journal, which never blocks)
+    and the live progress view."""
 
-    def __init__(self, store: SweepStore, parent_id: str, resolve, progress: SweepProgress):
-        self.store, self.parent_id, self.resolve, self.progress = store, parent_id, resolve, progress
-        self.runs: dict[str, str] = {}        # trial_id -> MLflow run id
+    def __init__(self, journal: TrackingJournal, resolve, progress: SweepProgress):
+        self.journal, self.resolve, self.progress = journal, resolve, progress
+        self.opened: set[str] = set()         # trial ids whose run this launch opened
         self.final: dict[str, TrialStatus] = {}  # trial_id -> how it ended (the trainer's word, or ours)
         self.nodes: dict[str, str] = {}       # trial_id -> Ray node id of its latest attempt
         self.warnings: dict[str, int] = {}    # trial_id -> warnings recorded by this launch
-        self.existing = store.trial_runs()
 
     def __getstate__(self) -> dict:
         """Tune pickles its run config into tuner.pkl for `Tuner.restore`, which this tool never uses (a
@@ -88,8 +89,9 @@ class TrackingCallback(tune.Callback):
 
     def _trial(self, trial) -> PlannedTrial:
         planned = self.resolve(trial.config)
-        if planned.trial_id not in self.runs:
-            self.runs[planned.trial_id] = self.store.open_trial(self.parent_id, planned, self.existing)
+        if planned.trial_id not in self.opened:
+            self.opened.add(planned.trial_id)
+            self.journal.open(planned)
             if planned.trial_id not in self.progress.rows:
                 self.progress.add(planned.trial_id, planned.cell_label + f" s{planned.seed}",
                                   planned.config.train.steps)
@@ -103,29 +105,29 @@ class TrackingCallback(tune.Callback):
         event = result.get("etrm")
         if not event:
             return
-        run_id = self.runs[planned.trial_id]
+        tid = planned.trial_id
         if event["event"] == "warning":  # e.g. a corrupt checkpoint set aside: the trial goes on
-            n = self.warnings[planned.trial_id] = self.warnings.get(planned.trial_id, 0) + 1
-            self.store.log_text(run_id, event["message"], f"warnings/{time.strftime('%Y%m%d-%H%M%S')}-{n}.txt")
+            n = self.warnings[tid] = self.warnings.get(tid, 0) + 1
+            self.journal.text(tid, event["message"], f"warnings/{time.strftime('%Y%m%d-%H%M%S')}-{n}.txt")
             self.progress.console.print(f"[yellow]{planned.cell_label} seed={planned.seed}: {event['message']}")
             return
         if "error" in event:  # a failure not worth retrying: its stack, as Ray's error file would give it
-            self.store.log_text(run_id, event["error"], "errors/not-retried.txt")
-        if self.nodes.get(planned.trial_id) != event["node_id"]:  # a new node: the trial (re)started there
-            self.nodes[planned.trial_id] = event["node_id"]
-            self.store.set_node(run_id, event["node_id"])
-        self.store.log_metrics(run_id, event["step"], event["metrics"])
+            self.journal.text(tid, event["error"], "errors/not-retried.txt")
+        if self.nodes.get(tid) != event["node_id"]:  # a new node: the trial (re)started there
+            self.nodes[tid] = event["node_id"]
+            self.journal.node(tid, event["node_id"])
+        self.journal.metrics(tid, event["step"], event["metrics"])
         status = TrialStatus(event["status"]) if event["event"] == "end" else None
         if status:
-            self.final[planned.trial_id] = status
-            self.store.set_trial_status(run_id, status, event["message"])
+            self.final[tid] = status
+            self.journal.status(tid, status, event["message"])
         self.progress.update(planned.trial_id, step=event["step"], metrics=event["metrics"], state=status)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         planned = self._trial(trial)
-        if planned.trial_id not in self.final:  # ended without the trainer's last word: a scheduler stopped it
+        if planned.trial_id not in self.final and not self.journal.gave_up:  # no last word: a scheduler stopped it
             self.final[planned.trial_id] = TrialStatus.STOPPED
-            self.store.set_trial_status(self.runs[planned.trial_id], TrialStatus.STOPPED, "stopped early by the scheduler")
+            self.journal.status(planned.trial_id, TrialStatus.STOPPED, "stopped early by the scheduler")
             self.progress.update(planned.trial_id, state=TrialStatus.STOPPED)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -140,15 +142,30 @@ class TrackingCallback(tune.Callback):
         self.progress.update(planned.trial_id, state=TrialStatus.FAILED)
 
     def _record_error(self, trial_id: str, trial, final: bool) -> None:
-        run_id = self.runs[trial_id]
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() \
             else "no error file was written by Ray"
-        self.store.log_text(run_id, text, f"errors/attempt-{trial.num_failures}.txt")
+        self.journal.text(trial_id, text, f"errors/attempt-{trial.num_failures}.txt")
         last_line = text.strip().splitlines()[-1] if text.strip() else "error"
         if final:
-            self.store.set_trial_status(run_id, TrialStatus.FAILED, last_line)
+            self.journal.status(trial_id, TrialStatus.FAILED, last_line)
         else:
-            self.store.set_message(run_id, f"retrying after: {last_line}")
+            self.journal.message(trial_id, f"retrying after: {last_line}")
+
+
+class GiveUpStopper(tune.Stopper):
+    """Stops every trial once the tracking store has been unreachable for tracking.give_up_after."""
+
+    def __init__(self, journal: TrackingJournal):
+        self.journal = journal
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.journal.gave_up
+
+    def __getstate__(self) -> dict:  # pickled into tuner.pkl with the run config, like the callback
+        return {}
 
 
 def connect(address: str | None, workspace: Workspace, job: dict[str, str]) -> str | None:
@@ -312,6 +329,9 @@ def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepSt
     check_resources(spec, ray.cluster_resources())
     ctx.save_spec(spec_text)  # only a launch that passed every check replaces the spec `resume` reads
     parent = store.open_sweep(spec.description or "")
+    journal_path = ctx.workspace.journal / f"{spec.name}.jsonl"
+    if replayed := replay(store, parent, journal_path):
+        console.print(f"Wrote {replayed} tracking record(s) an earlier launch journaled while the store was away.")
     for line in rebuild_runs(store, parent, plan, CheckpointStore(ctx.checkpoint_root)):
         console.print(line)
     done = store.done_trial_ids()
@@ -325,6 +345,8 @@ def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepSt
     progress = SweepProgress(console, metric)
     for t in search.to_run:
         progress.add(t.trial_id, f"{t.cell_label} s{t.seed}", t.config.train.steps)
+    journal = TrackingJournal(store, parent, journal_path, spec.tracking.give_up_after,
+                              lambda text: console.print(f"[yellow]{text}"))
     if search.remaining:
         resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
         tuner = tune.Tuner(
@@ -338,12 +360,13 @@ def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepSt
                 name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=spec.cluster.storage or str(ctx.workspace.ray_results),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[TrackingCallback(store, parent, search.resolve, progress), JsonLoggerCallback()],
-                verbose=0),
+                callbacks=[TrackingCallback(journal, search.resolve, progress), JsonLoggerCallback()],
+                stop=GiveUpStopper(journal), verbose=0),
         )
         with progress:
             tuner.fit()
         console.print()
+    journal.close()  # every record in the store, or TrackingUnavailable once one waited give_up_after
     done = store.done_trial_ids()
     unfinished = len(plan.pending(done)) if spec.search == "grid" else max(0, search.total - len(done))
     store.close_sweep(parent, "FAILED" if unfinished else "FINISHED")

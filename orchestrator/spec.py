@@ -160,6 +160,10 @@ class Tracking(Strict):
     experiment: str | None = Field(
         None, description="MLflow experiment name ([a-z0-9_-], it names the artifact folder); defaults to the sweep name."
     )
+    give_up_after: float = Field(
+        600.0, gt=0, description="Seconds a launch keeps its trials running while the tracking store cannot be "
+        "written (their records wait in a journal in the workspace); then it stops them and says how to resume."
+    )
 
     @field_validator("experiment")
     @classmethod

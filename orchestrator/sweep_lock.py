@@ -155,14 +155,20 @@ class SweepLock:
             except Exception:  # noqa: BLE001 - a tracking outage: the next beat tries again
                 continue
 
-    def release(self) -> None:
+    def release(self, wait: float = 10.0) -> None:
+        """Retire the lock; with the tracking store unreachable, give up after `wait` seconds (the lock then
+        goes stale, and the next driver takes it over)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        releasing = threading.Thread(target=self._retire_if_ours, daemon=True)
+        releasing.start()
+        releasing.join(timeout=wait)
+
+    def _retire_if_ours(self) -> None:
         try:
             found = self.client.get_experiment(self.experiment_id)
-            if found.name == self.name and found.lifecycle_stage == "active":  # still ours
+            if found.name == self.name and found.lifecycle_stage == "active":  # not taken over meanwhile
                 _retire(self.client, self.experiment_id, self.name, "released")
-        except Exception:  # noqa: BLE001 - unreachable now: the lock goes stale and the next driver takes it
+        except Exception:  # noqa: BLE001 - unreachable now: the lock goes stale
             pass
 
     def __enter__(self) -> "SweepLock":

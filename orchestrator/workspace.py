@@ -58,6 +58,11 @@ class Workspace:
         return self.root / "ray-token"
 
     @property
+    def journal(self) -> Path:
+        """Tracking records a launch could not write yet (see orchestrator/journal.py)."""
+        return self.root / "journal"
+
+    @property
     def locks(self) -> Path:
         """One lock file per sweep, held by the driver running it (see orchestrator/sweep_lock.py)."""
         return self.root / "locks"

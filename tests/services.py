@@ -243,13 +243,14 @@ def _http_ok(url: str) -> bool:
 
 
 def start_mlflow(backend_store_uri: str, artifacts_dir: Path, log_dir: Path,
-                 ensure_schema: bool = True, timeout: float = 120) -> MlflowServer:
+                 ensure_schema: bool = True, timeout: float = 120, port: int | None = None) -> MlflowServer:
     """`mlflow server` on 127.0.0.1 (one worker, artifacts proxied to artifacts_dir), waited on /health.
 
     ensure_schema runs orchestrator.tracking_db first, as the compose stack does, so that several
-    servers may start against one fresh database at once.
+    servers may start against one fresh database at once. `port` restarts a stopped server where its
+    clients still look for it.
     """
-    port = free_port()
+    port = port or free_port()
     log = Path(log_dir) / f"mlflow-{port}.log"
     server = [
         str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

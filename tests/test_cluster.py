@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from etrm.checkpoint import read_checkpoint
 from harness import CLI, TINY_BASE
 from services import descendants, kill_node, kill_pids, service_env, start_mlflow, start_ray_cluster
 
@@ -107,7 +107,7 @@ def test_trials_spread_over_nodes_and_a_killed_node_resumes_elsewhere_from_its_c
         else:
             pytest.fail(f"no trial on zone_b wrote a checkpoint (victim {victim}):\n{log.read_text()[-5000:]}")
         kill_node(cluster.workers[1])
-        resumed_from = torch.load(checkpoint, weights_only=True)["step"]  # nothing can write it any more
+        resumed_from = read_checkpoint(checkpoint)["step"]  # nothing can write it any more
         assert resumed_from < STEPS, "the trial finished before its node was killed: lengthen it"
         assert driver.wait(timeout=240) == 0, log.read_text()[-5000:]
     finally:

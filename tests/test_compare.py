@@ -276,10 +276,10 @@ def test_overview_puts_every_metric_of_a_cell_side_by_side(two_cells):
 
 def test_runs_of_different_code_versions_are_flagged_in_every_verdict_they_touch(two_cells):
     same = compare(two_cells, axes=[FN], contrast=CONTRAST, metrics=METRICS)
-    assert not any("code versions" in v for v in same.verdicts)
+    assert not any("code versions" in v for v in verdicts(same))
     sha_a, sha_b = "a" * 40, "b" * 39 + "c"
     mixed = [dataclasses.replace(r, code_version=sha_b + "-dirty" if r.seed == 0 and r.variant[FN] else sha_a)
              for r in two_cells]
     comp = compare(mixed, axes=[FN], contrast=CONTRAST, metrics=METRICS)
     assert comp.cell("cell-True").code_versions == [sha_a, sha_b + "-dirty"]
-    assert all(f"runs from 2 code versions ({'a' * 10}, {'b' * 10}-dirty)" in v for v in comp.verdicts), comp.verdicts
+    assert all(f"runs from 2 code versions ({'a' * 10}, {'b' * 10}-dirty)" in v for v in verdicts(comp)), verdicts(comp)

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from services import descendants, kill_pids, service_env
-from test_sweep_e2e import CLI, TINY_BASE, run_cli, store_for, trial_runs, write_spec
+from harness import CLI, TINY_BASE, run_cli, store_for, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 SHORT = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 4, "eval_every": 4}}
@@ -31,7 +31,7 @@ def test_two_launches_of_one_sweep_at_once_one_runs_the_other_is_refused(tmp_pat
         for d in drivers:
             kill_pids(descendants(d.pid))
     codes = sorted(d.returncode for d in drivers)
-    assert codes == [0, 2], outs
+    assert codes == [0, 2], "\n".join(f"rc {d.returncode}:\n{o}\n{e[-3000:]}" for d, (o, e) in zip(drivers, outs))
     winner, loser = (drivers[0], drivers[1]) if drivers[0].returncode == 0 else (drivers[1], drivers[0])
     _, refusal = outs[drivers.index(loser)]
     assert refusal.startswith(f"error: sweep 'twice' is already running: driver pid {winner.pid} on host "), refusal

@@ -114,6 +114,8 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path,
             # and runtime-env agents, ~200 MB: resume ends what is left (local_ray.reap, tested alone in
             # test_local_ray.py) before it starts its own Ray. Nothing of the killed launch outlives the resume.
             assert not {pid for pid in pids if alive(pid)}, resumed.stdout
+            # the killed driver's sweep lock is stale (no process has its pid and start time): taken over
+            assert f"Took over the lock of driver pid {driver.pid} on host " in " ".join(resumed.stdout.split())
     finally:
         kill_pids(descendants(driver.pid) | pids)
     after = store_for(ws, "killed").trial_runs()
