@@ -132,13 +132,16 @@ class TrackingJournal:
             self._existing = self.store.trial_runs()
         return self._existing
 
-    def close(self, timeout: float | None = None) -> None:
+    def flush(self) -> None:
         """Wait until every write is in the store; raises TrackingUnavailable once one waited give_up_after."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._pending and not self.gave_up and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.1)
+        while self._pending and not self.gave_up:
+            time.sleep(0.05)
         if self._pending:
             raise self.unavailable()
+
+    def close(self) -> None:
+        """flush(), then end the writer thread."""
+        self.flush()
         self._queue.put(None)
         self._thread.join(timeout=10)
         self._file.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,6 +18,7 @@ from etrm.status import TrialStatus
 from harness import spec_tree
 from orchestrator.cli import app
 from orchestrator.dispatch import TrackingCallback, grid_search, optuna_search
+from orchestrator.journal import TrackingJournal
 from orchestrator.plan import make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.spec import parse_spec
@@ -50,14 +52,28 @@ def end_event(step: int, status: str, message: str = "") -> dict:
                      "metrics": {"train/lm_loss": 0.5}, "node_id": "node-a"}}
 
 
+def callback_for(store, parent: str, resolve, progress, journal: Path) -> TrackingCallback:
+    return TrackingCallback(TrackingJournal(store, parent, journal, 600, lambda text: None), resolve, progress)
+
+
+def written(callback: TrackingCallback) -> TrackingCallback:
+    """The callback's MLflow writes are applied by the journal's thread: wait for them."""
+    callback.journal.flush()
+    return callback
+
+
+def run_of(store, trial_id: str) -> str:
+    return store.trial_runs()[trial_id].info.run_id
+
+
 @pytest.fixture
-def grid(store):
+def grid(store, tmp_path):
     """A launched two-cell, two-seed grid: the parent run, the callback and one Tune trial per planned trial."""
     plan = make_plan(parse_spec(spec_tree(store.sweep)))
     search = grid_search(plan, set())
     parent = store.open_sweep("unit")
     progress = SweepProgress(Console(file=io.StringIO()), "eval/exact_accuracy")
-    callback = TrackingCallback(store, parent, search.resolve, progress)
+    callback = callback_for(store, parent, search.resolve, progress, tmp_path / "journal.jsonl")
     trials = [TuneTrial({"trial": params}) for params in search.space["trial"]["grid_search"]]
     return plan, callback, trials
 
@@ -66,6 +82,7 @@ def test_a_trial_run_goes_running_then_ends_with_the_trainers_word(grid, store):
     plan, callback, (trial, *_) = grid
     planned = plan.trials[0]
     callback.on_trial_start(0, [], trial)
+    written(callback)
     run = store.trial_runs()[planned.trial_id]
     tags = run.data.tags
     assert tags[Tag.STATUS] == TrialStatus.RUNNING and tags[Tag.ROLE] == Role.TRIAL
@@ -75,6 +92,7 @@ def test_a_trial_run_goes_running_then_ends_with_the_trainers_word(grid, store):
 
     callback.on_trial_result(0, [], trial, log_event(2))
     callback.on_trial_result(0, [], trial, end_event(8, "finished"))
+    written(callback)
     run = store.client.get_run(run.info.run_id)
     assert run.data.tags[Tag.STATUS] == "finished" and run.info.status == "FINISHED"
     assert run.data.tags[Tag.NODE_ID] == "node-a"
@@ -82,21 +100,21 @@ def test_a_trial_run_goes_running_then_ends_with_the_trainers_word(grid, store):
     assert store.done_trial_ids() == {planned.trial_id}
 
 
-def test_a_metric_step_is_logged_once_even_across_driver_restarts(grid, store):
+def test_a_metric_step_is_logged_once_even_across_driver_restarts(grid, store, tmp_path):
     plan, callback, (trial, *_) = grid
     for step in (2, 4, 4, 2):  # a retried attempt replays steps since its checkpoint
         callback.on_trial_result(0, [], trial, log_event(step))
-    run_id = callback.runs[plan.trials[0].trial_id]
+    run_id = run_of(written(callback).journal.store, plan.trials[0].trial_id)
     assert steps(store, run_id) == [2, 4]
 
     # A new driver (the old one was killed) knows nothing in memory: it reads the steps from MLflow.
     from orchestrator.tracking import SweepStore
 
     again = SweepStore(store.uri, store.sweep, store.sweep)
-    relaunched = TrackingCallback(again, again.open_sweep(), callback.resolve, callback.progress)
+    relaunched = callback_for(again, again.open_sweep(), callback.resolve, callback.progress, tmp_path / "j2.jsonl")
     for step in (4, 6):
         relaunched.on_trial_result(0, [], trial, log_event(step, node="node-b"))
-    assert relaunched.runs[plan.trials[0].trial_id] == run_id  # the same run, found by its tag
+    assert run_of(written(relaunched).journal.store, plan.trials[0].trial_id) == run_id  # found by its tag
     assert steps(store, run_id) == [2, 4, 6]
     assert store.client.get_run(run_id).data.tags[Tag.NODE_ID] == "node-b"
     assert len(store.trial_runs()) == 1
@@ -115,6 +133,7 @@ def test_stopped_failed_and_diverged_trials_are_recorded_as_such(grid, store, tm
     error.write_text("Traceback (most recent call last):\nTrialCrashed: simulated crash at step 5\n")
     crashed.error_file, crashed.num_failures = str(error), 1
     callback.on_trial_recover(0, [], crashed)
+    written(callback)
     run = store.trial_runs()[ids[2]]
     assert run.data.tags[Tag.STATUS] == "running"
     assert run.data.tags[Tag.MESSAGE] == "retrying after: TrialCrashed: simulated crash at step 5"
@@ -123,6 +142,7 @@ def test_stopped_failed_and_diverged_trials_are_recorded_as_such(grid, store, tm
     callback.on_trial_error(0, [], crashed)
 
     callback.on_trial_result(0, [], diverged, end_event(3, "diverged", "loss became nan at step 3"))
+    written(callback)
 
     runs = store.trial_runs()
     got = {tid: (runs[tid].data.tags[Tag.STATUS], runs[tid].info.status) for tid in ids}
