@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # MLflow loads in launch's background thread, while Ray start
 _ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # MLflow's INFO lines (its store creating tables) would land in the launch's output between the progress lines.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     "RAY_AIR_NEW_OUTPUT": "0",
     # Eval metrics arrive only on eval steps, so the score a searcher or ASHA reads is absent from most
     # results: Tune must not treat that as an error (ASHA itself skips such results).
@@ -337,9 +339,10 @@ def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepSt
     done = store.done_trial_ids()
     _log_launch(store, parent, spec_text, plan, done)
     search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)
+    job = f"job {ray.get_runtime_context().get_job_id()}" + (
+        "" if address else f"; it asks for the token in {ctx.workspace.ray_token}")
     console.print(f"[bold]{spec.name}[/]: {search.total} trials, {search.done} already done, "
-                  f"{search.remaining} to run · Ray dashboard {dashboard} (job {ray.get_runtime_context().get_job_id()})"
-                  + ("" if address else f" (it asks for the token in {ctx.workspace.ray_token})"))
+                  f"{search.remaining} to run · Ray dashboard {dashboard} ({job})", soft_wrap=True)  # one line in a log
 
     metric, _ = spec.primary_metric()
     progress = SweepProgress(console, metric)

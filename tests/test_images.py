@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from test_sweep_e2e import TINY_BASE
 
+from harness import TINY_BASE
 from services import _http_ok, alive, descendants, free_port, kill_pids, pids_mentioning, session_members, start_postgres, wait_until
 
 pytestmark = pytest.mark.images
