@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from harness import TINY_BASE
 from services import _http_ok, alive, descendants, free_port, kill_pids, pids_mentioning, session_members, start_postgres, wait_until
 
-pytestmark = pytest.mark.images
+pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]  # the fixture builds two images first
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
@@ -101,7 +101,16 @@ class Container:
         return proc, log
 
     def exec(self, argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run(self._run(argv, env), capture_output=True, text=True, timeout=timeout)
+        """Run argv in the container; past timeout, end it (its whole session) and return exit code -9."""
+        proc = subprocess.Popen(self._run(argv, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_pids(session_members(proc.pid) | descendants(proc.pid), grace=1)
+            out, err = proc.communicate()
+            return subprocess.CompletedProcess(proc.args, -9, out, err + f"\n(ended after {timeout} s)")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def stop(self, marker: str) -> None:
         for _ in range(2):  # MLflow's uvicorn outlives its parent, re-parented to init but in the same session
@@ -113,7 +122,7 @@ class Container:
 def live_nodes(head: Container, env: dict[str, str], address: str) -> int:
     probe = ("import ray; ray.init(address=%r, logging_level='error', log_to_driver=False); "
              "print(sum(n['Alive'] for n in ray.nodes()))" % address)
-    out = head.exec(["python", "-c", probe], env, timeout=120)
+    out = head.exec(["python", "-c", probe], env, timeout=180)
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else -1
 
 
@@ -158,13 +167,13 @@ def test_stack_images_run_a_sweep_end_to_end(images, tmp_path):
         head_proc, head_log = head.start(command, {**ray_env, "RAY_RESOURCES": "{}"})
         assert head.healthcheck[:1] == ["CMD"]
         healthcheck = swap(head.healthcheck[-1], "127.0.0.1:6379", address)
-        wait_until(lambda: head.exec(["/bin/sh", "-c", healthcheck], ray_env, 60).returncode == 0, 240,
+        wait_until(lambda: head.exec(["/bin/sh", "-c", healthcheck], ray_env, 60).returncode == 0, 600,
                    "ray head healthy", head_proc, head_log)
 
         # 3. A worker from the worker image joins with the token.
         command = worker.cmd[-1] + f" --node-ip-address=127.0.0.1 --num-cpus=2 --temp-dir=/tmp/{marker} {ray_ports()}"
         worker_proc, worker_log = worker.start(command, {**ray_env, "RAY_HEAD": address, "RAY_RESOURCES": "{}"})
-        wait_until(lambda: live_nodes(head, ray_env, address) == 2, 240, "worker joining", worker_proc, worker_log)
+        wait_until(lambda: live_nodes(head, ray_env, address) == 2, 600, "worker joining", worker_proc, worker_log)
 
         # 4. MLflow on PostgreSQL: the compose service's command, on loopback (started after the Ray nodes:
         # everything at once on 2 cores can keep a raylet from registering within Ray's 30 s).
@@ -175,7 +184,7 @@ def test_stack_images_run_a_sweep_end_to_end(images, tmp_path):
                       "MLFLOW_SERVER_ALLOWED_HOSTS": "127.0.0.1:*,localhost:*"}
         server, server_log = mlflow.start(command, mlflow_env)
         tracking = f"http://127.0.0.1:{mlflow_port}"
-        wait_until(lambda: _http_ok(f"{tracking}/health"), 240, "mlflow server", server, server_log)
+        wait_until(lambda: _http_ok(f"{tracking}/health"), 600, "mlflow server", server, server_log)
 
         # 5. A tiny sweep launched on the head (compose: `docker compose exec ray-head etrm-sweep launch ...`).
         spec = {"name": "smoke", "base": {**TINY_BASE, "train": {**TINY_BASE["train"], "threads": 1}},
