@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from etrm import arc_files
 from etrm.registry import ENCODERS, IGNORED_BECAUSE
+from etrm.strict_yaml import YamlError, parse_yaml, read_yaml
 
 # How often a trial reports, evaluates and checkpoints, and how many CPU threads it uses, change what is seen
 # of it and when, not what it computes (tests/test_train.py trains with other frequencies to the same weights;
@@ -26,6 +27,7 @@ from etrm.registry import ENCODERS, IGNORED_BECAUSE
 OBSERVABILITY_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.threads")
 
 SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", "recolour_object")
+SEED_LIMIT = 2**32  # numpy's legacy seeding (np.random.seed) takes seeds below 2**32
 
 
 class Strict(BaseModel):
@@ -61,8 +63,7 @@ class DataConfig(Strict):
     def _known_source(cls, v: str) -> str:
         if v in ("synthetic", "arc-agi-1", "arc-agi-2"):
             return v
-        if not Path(v).expanduser().exists():
-            raise ValueError(f"{v!r} is neither synthetic, arc-agi-1, arc-agi-2 nor an existing path")
+        arc_files.layout(Path(v))  # a path must hold ARC tasks: checked here, not when the trial starts
         return v
 
     @field_validator("families")
@@ -192,7 +193,8 @@ class FaultConfig(Strict):
 class TrialConfig(Strict):
     """Everything one trial needs. `seed` drives data, init, sampling and augmentation."""
 
-    seed: int = Field(0, description="Seeds data generation, initialisation, sampling and augmentation.")
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="Seeds data generation, initialisation, sampling and augmentation "
+                      "(0 <= seed < 2**32).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -246,7 +248,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"{text}: an override must look like dotted.key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), parse_yaml(raw, f"--set {key.strip()}")
+    except YamlError as err:
+        raise ConfigError(str(err)) from None
 
 
 def build_config(tree: dict[str, Any], overrides: dict[str, Any] | None = None) -> TrialConfig:
@@ -267,11 +272,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrialCo
     """Read a YAML trial config and apply `key=value` overrides."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        tree = read_yaml(path) or {}
+    except YamlError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config sections")
     return build_config(tree, dict(parse_override(o) for o in overrides or []))

