@@ -26,7 +26,7 @@ from rich.console import Console
 
 from etrm.config import build_config
 from etrm.status import DONE, TrialStatus
-from orchestrator import local_ray
+from orchestrator import local_ray, reachability
 from orchestrator.checkpoints import CheckpointStore
 from orchestrator.history import rebuild_runs
 from orchestrator.journal import TrackingJournal, replay
@@ -288,8 +288,8 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
            workspace: Workspace | None = None) -> SweepOutcome:
     console = console or Console()
     ctx = SweepContext(spec, (workspace or Workspace.default()).create())
+    address, _ = reachability.ray_address(spec, address)  # checked to answer by the CLI, before Ray was imported
     plan = make_plan(spec)
-    address = address or spec.cluster.address or os.environ.get("RAY_ADDRESS")
     if not address and (leftovers := local_ray.reap(ctx.workspace.local_ray)):
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     local = WorkspaceLock(ctx.workspace.locks / f"{spec.name}.lock", spec.name)  # before Ray: refused at once

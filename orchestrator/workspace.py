@@ -96,7 +96,10 @@ class SweepContext:
         return str(self.workspace.checkpoints / self.spec.name)
 
     def store(self) -> "SweepStore":
+        from orchestrator.reachability import check_tracking
         from orchestrator.tracking import SweepStore  # MLflow is heavy: import it when a store is needed
+
+        check_tracking(self.tracking_uri)  # a dead server: one line now, not MLflow's minutes of retries
 
         # A server stores artifacts itself; a database (the embedded one, or a sqlite/postgresql URI) has no
         # artifact store, and MLflow would default to ./mlruns of whatever directory a command runs in.
