@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from etrm.memory import swiglu_width  # the MLP width: the memory estimate needs it without torch
+
 RMS_EPS = 1e-5
 
 
@@ -96,15 +98,6 @@ class Attention(nn.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
-
-
-def swiglu_width(hidden_size: int, expansion: float) -> int:
-    """round(expansion·hidden·2/3), rounded UP to a multiple of 256 (the paper's rule) for
-    hidden >= 256; small CPU models round up to a multiple of 8 instead, since 256 would be
-    several times the intended width (hidden 64, expansion 4 -> 176 rather than 256)."""
-    multiple = 256 if hidden_size >= 256 else 8
-    width = round(expansion * hidden_size * 2 / 3)
-    return -(-width // multiple) * multiple
 
 
 class SwiGLU(nn.Module):

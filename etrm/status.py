@@ -18,15 +18,16 @@ class TrialStatus(StrEnum):
     DIVERGED = "diverged"  # the loss became NaN/Inf: a result, kept in the statistics
     FAILED = "failed"      # crashed more than max_failures times
     STOPPED = "stopped"    # cut early by the ASHA scheduler, on purpose
+    INTERRUPTED = "interrupted"  # its launch was stopped (Ctrl-C) while it ran: `resume` continues it
 
 
 # What the `etrm.status` tag may hold.
 RECORDED = frozenset({TrialStatus.RUNNING, TrialStatus.FINISHED, TrialStatus.DIVERGED, TrialStatus.FAILED,
-                      TrialStatus.STOPPED})
+                      TrialStatus.STOPPED, TrialStatus.INTERRUPTED})
 # Never rerun: a divergence is a result, not an accident; a trial ASHA stopped was stopped on purpose.
 DONE = frozenset({TrialStatus.FINISHED, TrialStatus.DIVERGED, TrialStatus.STOPPED})
 # In the statistics (a diverged trial with its last finite value). The rest of RECORDED is excluded and counted.
 USABLE = frozenset({TrialStatus.FINISHED, TrialStatus.DIVERGED})
-EXCLUDED = (TrialStatus.FAILED, TrialStatus.RUNNING, TrialStatus.STOPPED)  # in this order in every table
+EXCLUDED = (TrialStatus.FAILED, TrialStatus.RUNNING, TrialStatus.INTERRUPTED, TrialStatus.STOPPED)  # in this order in every table
 # Over, one way or another: the live view's "done" count.
 ENDED = DONE | {TrialStatus.FAILED}

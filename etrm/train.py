@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from etrm import memory
 from etrm.checkpoint import (CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, resumable,
                              save_checkpoint)
 from etrm.config import ConfigError, TrialConfig, load_config
@@ -137,6 +138,9 @@ def setup(cfg: TrialConfig) -> Setup:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
+    gpu = (torch.cuda.get_device_properties(device).total_memory, "the GPU's memory") if device.type == "cuda" else None
+    if (why := memory.problem(cfg, device=gpu)) is not None:  # before building anything that would not fit
+        raise ConfigError(why)
     seed_everything(cfg.seed)
     train_puzzles, eval_puzzles = load_puzzles(cfg.data, cfg.seed)
     sampler = TrainSampler(train_puzzles, cfg.data, tc.batch_size, cfg.seed)
@@ -316,6 +320,13 @@ class ProgressReporter:
         self.progress.console.print(f"warning: {message}")
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocator failure (CPU or GPU), as opposed to a bug that happens to raise RuntimeError."""
+    text = str(err)
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text \
+        or "not enough memory" in text or "out of memory" in text
+
+
 def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str | Path | None,
                   checkpoint_dir: str | Path | None) -> int:
     """Exit code: 0 finished, 1 crashed, 2 bad config or checkpoint, 3 diverged."""
@@ -338,6 +349,12 @@ def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str |
             result = train(cfg, ProgressReporter(progress, task), Path(checkpoint_dir) if checkpoint_dir else None)
     except (CheckpointMismatch, ConfigError, TrialInvalid) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: out of memory ({' '.join(str(e).split())[:160]}); the estimate for this config was "
+              f"{memory.estimate(cfg).describe()}: lower train.batch_size or the model size", file=sys.stderr)
         return 2
     except TrialCrashed as e:
         print(f"crashed: {e}", file=sys.stderr)

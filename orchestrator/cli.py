@@ -7,6 +7,7 @@ traceback, and nothing is launched.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from etrm.config import ConfigError
 from etrm.status import TrialStatus
-from orchestrator.plan import Plan, make_plan
+from orchestrator.plan import Plan, check_memory, make_plan
 from orchestrator.spec import SpecError, SweepSpec, load_spec, show_value
 from orchestrator.sweep_lock import SweepLocked
 
@@ -76,11 +77,13 @@ def validate(spec: SpecArg) -> None:
     """Check a spec completely, without running anything.
 
     Every axis must be a trial-config key, every cell of the grid a valid trial config, the contrast
-    pairable, the metrics known. Prints `ok: N cells x M seeds = T trials`, or one `error:` line per
+    pairable, the metrics known; without a cluster address, every trial must fit this machine's memory. Prints `ok: N cells x M seeds = T trials`, or one `error:` line per
     problem naming the field, with exit code 2.
     """
     with user_errors():
         plan = make_plan(load_spec(spec))
+        if not (plan.spec.cluster.address or os.environ.get("RAY_ADDRESS")):  # a local Ray: this machine's memory
+            check_memory(plan)
     typer.echo(f"ok: {plan.summary()}")
 
 
@@ -268,7 +271,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Start the MLflow UI on 127.0.0.1 against the sweep's store and print its URL (Ctrl-C stops it)."""
-    import os
+    import signal
     import subprocess
     import sys
 
@@ -286,7 +289,39 @@ def ui(
                "--workers", "1", "--backend-store-uri", uri,
                "--artifacts-destination", str(workspace.artifact_root)]
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C stops it)")
+    # The server and its workers get a process group of their own, which this command ends on SIGTERM, SIGINT
+    # or SIGHUP: a `kill` of this command (or a closed terminal) leaves no MLflow server behind.
+    server = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
-        raise typer.Exit(subprocess.call(command, env=env))
+        code = server.wait()
     except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+        code = 0
+    finally:
+        _end_group(server)
+    raise typer.Exit(code)
+
+
+def _end_group(process, grace: float = 10.0) -> None:
+    """SIGTERM to the process group of `process`, then SIGKILL to what is left after `grace` seconds."""
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()  # reap the leader, or the group would live on as its zombie
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)

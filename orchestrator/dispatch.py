@@ -30,7 +30,7 @@ from orchestrator import local_ray, reachability
 from orchestrator.checkpoints import CheckpointStore
 from orchestrator.history import rebuild_runs
 from orchestrator.journal import TrackingJournal, replay
-from orchestrator.plan import Plan, PlannedTrial, make_plan, planned_trial
+from orchestrator.plan import Plan, PlannedTrial, check_memory, make_plan, planned_trial
 from orchestrator.progress import SweepProgress
 from orchestrator.provenance import code_version, package_versions
 from orchestrator.spec import SpecError, SweepSpec, base_for
@@ -142,6 +142,14 @@ class TrackingCallback(tune.Callback):
         self.final[planned.trial_id] = TrialStatus.FAILED
         self._record_error(planned.trial_id, trial, final=True)
         self.progress.update(planned.trial_id, state=TrialStatus.FAILED)
+
+    def mark_interrupted(self) -> None:
+        """After Tune stopped (Ctrl-C): trials it left without a last word were cut off, not still running."""
+        for trial_id in self.opened - self.final.keys():
+            self.final[trial_id] = TrialStatus.INTERRUPTED
+            self.journal.status(trial_id, TrialStatus.INTERRUPTED, "the launch was interrupted while it ran; "
+                                "`etrm-sweep resume` continues it from its last checkpoint")
+            self.progress.update(trial_id, state=TrialStatus.INTERRUPTED)
 
     def _record_error(self, trial_id: str, trial, final: bool) -> None:
         text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).exists() \
@@ -290,6 +298,9 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     ctx = SweepContext(spec, (workspace or Workspace.default()).create())
     address, _ = reachability.ray_address(spec, address)  # checked to answer by the CLI, before Ray was imported
     plan = make_plan(spec)
+    if not address:
+        check_memory(plan)  # a local Ray runs the trials here: each must fit this machine
+    launched_before = ctx.spec_path.exists()
     if not address and (leftovers := local_ray.reap(ctx.workspace.local_ray)):
         console.print(f"Ended {len(leftovers)} processes left by the local Ray of an earlier launch that was killed.")
     local = WorkspaceLock(ctx.workspace.locks / f"{spec.name}.lock", spec.name)  # before Ray: refused at once
@@ -299,6 +310,11 @@ def launch(spec: SweepSpec, spec_text: str, *, address: str | None = None, conso
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:  # open MLflow while Ray starts: each takes seconds
             opening = pool.submit(_open_locked, ctx)
+            if launched_before and not _left_to_run(spec, plan, (opened := opening.result())[0].done_trial_ids()):
+                with opened[1]:  # a finished sweep needs no Ray
+                    ctx.save_spec(spec_text)
+                    console.print(f"[bold]{spec.name}[/]: all {plan.num_trials} trials are done; nothing to run")
+                    return SweepOutcome(plan.num_trials, 0, None, local_ray=False)
             # The sweep's name names its Ray job in the dashboard; the MLflow parent run records the job's id
             # (waiting for MLflow's parent run before starting Ray would put seconds on every launch).
             dashboard = connect(address, ctx.workspace, {"job_name": spec.name, "etrm.sweep": spec.name,
@@ -363,17 +379,26 @@ def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepSt
                 name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=spec.cluster.storage or str(ctx.workspace.ray_results),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[TrackingCallback(journal, search.resolve, progress), JsonLoggerCallback()],
+                callbacks=[tracking := TrackingCallback(journal, search.resolve, progress), JsonLoggerCallback()],
                 stop=GiveUpStopper(journal), verbose=0),
         )
         with progress:
-            tuner.fit()
+            try:
+                tuner.fit()
+            finally:
+                tracking.mark_interrupted()
         console.print()
     journal.close()  # every record in the store, or TrackingUnavailable once one waited give_up_after
     done = store.done_trial_ids()
     unfinished = len(plan.pending(done)) if spec.search == "grid" else max(0, search.total - len(done))
     store.close_sweep(parent, "FAILED" if unfinished else "FINISHED")
     return SweepOutcome(search.total, unfinished, dashboard, local_ray=not address)
+
+
+def _left_to_run(spec: SweepSpec, plan: Plan, done: set[str]) -> bool:
+    if spec.search == "grid":
+        return bool(plan.pending(done))
+    return len(done) < spec.search.optuna.num_samples
 
 
 def _log_launch(store: SweepStore, parent: str, spec_text: str, plan: Plan, done: set[str]) -> None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from etrm import memory
 from etrm.config import TrialConfig, build_config
-from orchestrator.spec import SweepSpec, base_for, show_value
+from orchestrator.spec import SpecError, SweepSpec, base_for, show_value
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,22 @@ def make_plan(spec: SweepSpec) -> Plan:
     cells = spec.cells()
     trials = [planned_trial(spec, variant, seed) for variant in cells for seed in spec.seeds]
     return Plan(spec, trials, spec.grid_size() - len(cells))
+
+
+def check_memory(plan: Plan, limit: tuple[int, str] | None = None) -> None:
+    """Refuse a grid whose trials cannot fit the memory of the machine they will run on (a local Ray:
+    this one); trials on a cluster are checked on their node, by the trainer, before they build anything."""
+    spec = plan.spec
+    failing = {}
+    for trials in plan.cells.values():
+        config = trials[0].config
+        gpu = config.train.device == "cuda" or (config.train.device == "auto" and spec.resources.gpu > 0)
+        if not gpu and (why := memory.problem(config, limit)) is not None:
+            failing[trials[0].cell_label] = (trials[0], why)
+    if not failing:
+        return
+    label, (trial, why) = next(iter(failing.items()))
+    key, _, rest = why.partition(": ")
+    where = f"axes.{key}[{spec.axes[key].index(trial.variant[key])}]" if key in trial.variant else f"base.{key}"
+    cells = f"{len(failing)} of {len(plan.cells)} cells" if len(failing) > 1 else "cell"
+    raise SpecError(f"{where}: {cells} cannot fit ({label}: {rest})")

@@ -22,7 +22,7 @@ from etrm.status import ENDED, TrialStatus
 
 _STYLE = {TrialStatus.PENDING: "dim", TrialStatus.RUNNING: "cyan", TrialStatus.FINISHED: "green",
           TrialStatus.DIVERGED: "yellow", TrialStatus.FAILED: "red", TrialStatus.RETRYING: "magenta",
-          TrialStatus.STOPPED: "yellow"}
+          TrialStatus.STOPPED: "yellow", TrialStatus.INTERRUPTED: "magenta"}
 _LINES_PER_TRIAL = 5  # step lines a trial prints in line mode, unless `every` says otherwise
 
 

@@ -66,7 +66,7 @@ class Role(StrEnum):
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 _RUN_STATUS = {TrialStatus.FINISHED: "FINISHED", TrialStatus.DIVERGED: "FAILED", TrialStatus.FAILED: "FAILED",
-               TrialStatus.STOPPED: "KILLED"}
+               TrialStatus.STOPPED: "KILLED", TrialStatus.INTERRUPTED: "KILLED"}
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 _OUR_NAME = {mlflow_metric_name(name): name for name in METRICS}  # MLflow refuses '@': ARC/pass@1 is stored as ARC/pass_at_1
 
