@@ -164,19 +164,35 @@ def host_limit() -> tuple[int, str]:
     return min(limits)
 
 
-def problem(cfg: TrialConfig, limit: tuple[int, str] | None = None, device: tuple[int, str] | None = None) -> str | None:
-    """Why `cfg` cannot fit (one line naming the knob), or None. `limit` is the host's memory
-    (default: host_limit()); `device` a GPU's, when the model lives there."""
+def gpu_driver_loaded() -> bool:
+    """Whether `train.device: auto` could mean a GPU here: not without an NVIDIA (or ROCm) driver loaded."""
+    return Path("/proc/driver/nvidia/gpus").exists() or Path("/dev/kfd").exists()
+
+
+def problem(cfg: TrialConfig, limit: tuple[int, str] | None = None, *, on_gpu: bool = False,
+            gpu_limit: tuple[int, str] | None = None) -> str | None:
+    """Why `cfg` cannot fit (one line naming the knob), or None. `limit` is the host's memory (default:
+    host_limit()). On a GPU the model, its optimiser and activations live there, checked against `gpu_limit`
+    when it is known (the trainer knows it; the sweep driver does not)."""
     limit = limit or host_limit()
     est = estimate(cfg)
-    host = est.total - (est.device_bytes if device else 0)
+    host = est.total - (est.device_bytes if on_gpu else 0)
     if host > limit[0]:
         need = est.describe()
-    elif device and est.device_bytes > device[0]:
+    elif on_gpu and gpu_limit and est.device_bytes > gpu_limit[0]:
         need, limit = f"~{gib(est.device_bytes)} on the GPU (parameters and optimiser {gib(est.parameter_bytes)}, " \
-                      f"activations {gib(est.activation_bytes)})", device
+                      f"activations {gib(est.activation_bytes)})", gpu_limit
     else:
         return None
     return (f"{est.culprit}: this trial needs {need} but {limit[1]} is {gib(limit[0])}; "
             f"lower {est.culprit} (the estimate is in etrm/memory.py)")
 
+
+def preflight(cfg: TrialConfig) -> None:
+    """Before torch loads: refuse a trial this machine cannot hold (on a GPU, the host's share only; the
+    trainer checks the GPU's once it knows the device)."""
+    from etrm.config import ConfigError
+
+    on_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and gpu_driver_loaded())
+    if (why := problem(cfg, on_gpu=on_gpu)) is not None:
+        raise ConfigError(why)

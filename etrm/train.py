@@ -139,7 +139,7 @@ def setup(cfg: TrialConfig) -> Setup:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
     gpu = (torch.cuda.get_device_properties(device).total_memory, "the GPU's memory") if device.type == "cuda" else None
-    if (why := memory.problem(cfg, device=gpu)) is not None:  # before building anything that would not fit
+    if (why := memory.problem(cfg, on_gpu=gpu is not None, gpu_limit=gpu)) is not None:  # before building anything
         raise ConfigError(why)
     seed_everything(cfg.seed)
     train_puzzles, eval_puzzles = load_puzzles(cfg.data, cfg.seed)
@@ -337,6 +337,7 @@ def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str |
     err = Console(stderr=True)
     try:
         cfg = load_config(config_path, overrides)
+        memory.preflight(cfg)
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f"config error: {line}", file=sys.stderr)
@@ -344,7 +345,7 @@ def run_trial_cli(config_path: str | Path, overrides: list[str], json_out: str |
 
     columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=err) as progress:
+        with Progress(*columns, console=err, transient=True) as progress:  # gone when done: errors stay one line
             task = progress.add_task("train", total=cfg.train.steps, info="")
             result = train(cfg, ProgressReporter(progress, task), Path(checkpoint_dir) if checkpoint_dir else None)
     except (CheckpointMismatch, ConfigError, TrialInvalid) as e:

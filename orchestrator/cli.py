@@ -67,6 +67,11 @@ def trial(
 
     Exit code 0 finished, 1 crashed, 2 bad config or checkpoint, 3 diverged (loss became NaN/Inf).
     """
+    from etrm.config import load_config
+    from etrm.memory import preflight
+
+    with user_errors():  # a bad or impossible config is refused before torch loads (seconds on a busy machine)
+        preflight(load_config(config, set_))
     from etrm.train import run_trial_cli  # imports torch and the trainer: only for this command
 
     raise typer.Exit(run_trial_cli(config, set_ or [], json_out, checkpoint_dir))
@@ -157,6 +162,9 @@ def sweep_errors() -> Iterator[None]:
 
 
 def _run(ctx, spec_text: str, address: str | None) -> None:
+    from orchestrator.reachability import check_services
+
+    check_services(ctx.spec, address, ctx.tracking_uri)  # before Ray is even imported: a dead address fails in seconds
     from orchestrator.dispatch import launch as launch_sweep
 
     from orchestrator.journal import TrackingUnavailable

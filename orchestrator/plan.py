@@ -95,18 +95,18 @@ def make_plan(spec: SweepSpec) -> Plan:
 
 def check_memory(plan: Plan, limit: tuple[int, str] | None = None) -> None:
     """Refuse a grid whose trials cannot fit the memory of the machine they will run on (a local Ray:
-    this one); trials on a cluster are checked on their node, by the trainer, before they build anything."""
+    this one; a GPU's memory is checked by the trainer, which knows the device); trials on a cluster are
+    checked on their node, by the trainer, before they build anything."""
     spec = plan.spec
     failing = {}
     for trials in plan.cells.values():
         config = trials[0].config
-        gpu = config.train.device == "cuda" or (config.train.device == "auto" and spec.resources.gpu > 0)
-        if not gpu and (why := memory.problem(config, limit)) is not None:
+        on_gpu = config.train.device == "cuda" or (config.train.device == "auto" and spec.resources.gpu > 0)
+        if (why := memory.problem(config, limit, on_gpu=on_gpu)) is not None:  # on a GPU: the host's share only
             failing[trials[0].cell_label] = (trials[0], why)
     if not failing:
         return
     label, (trial, why) = next(iter(failing.items()))
     key, _, rest = why.partition(": ")
     where = f"axes.{key}[{spec.axes[key].index(trial.variant[key])}]" if key in trial.variant else f"base.{key}"
-    cells = f"{len(failing)} of {len(plan.cells)} cells" if len(failing) > 1 else "cell"
-    raise SpecError(f"{where}: {cells} cannot fit ({label}: {rest})")
+    raise SpecError(f"{where}: {len(failing)} of {len(plan.cells)} cells cannot fit ({label}: {rest})")

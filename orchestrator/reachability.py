@@ -8,12 +8,13 @@ wrong address or a server that is down is one line, exit 2, before anything star
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from orchestrator.spec import SpecError
+from orchestrator.spec import SpecError, SweepSpec
 
 PROBE_TIMEOUT = 5.0  # seconds per probe: a live server on any network answers a connect far sooner
 RAY_DEFAULT_PORT = 6379
@@ -67,3 +68,19 @@ def check_tracking(uri: str, field: str = "tracking.uri") -> None:
     elif scheme in DB_PORTS and parts.hostname:
         if (problem := _connect_problem(parts.hostname, parts.port or DB_PORTS[scheme])) is not None:
             raise SpecError(f"{field}: the tracking database at {parts.hostname} does not answer: {problem}")
+
+
+def ray_address(spec: SweepSpec, override: str | None) -> tuple[str | None, str]:
+    """(the Ray address a launch uses, where it came from): --address, else cluster.address, else RAY_ADDRESS;
+    None for a local Ray."""
+    if override:
+        return override, "--address"
+    if spec.cluster.address:
+        return spec.cluster.address, "cluster.address"
+    return os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"
+
+
+def check_services(spec: SweepSpec, address: str | None, tracking_uri: str) -> None:
+    """Before a launch imports Ray or starts anything: the cluster and the tracking server answer."""
+    check_cluster(*ray_address(spec, address))
+    check_tracking(tracking_uri)

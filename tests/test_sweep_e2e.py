@@ -47,9 +47,13 @@ def test_tiny_sweep_records_every_trial_once_and_relaunch_runs_nothing(tmp_path)
              for r in runs}
     assert pairs == {(True, "0"), (True, "1"), (False, "0"), (False, "1")}
 
-    again = run_cli(["launch", str(spec)], ws)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "4 already done" in again.stdout
+    again = run_cli(["launch", str(spec)], ws)  # and `resume`: nothing to run, so no Ray is started
+    resumed = run_cli(["resume", "tiny"], ws)
+    for out in (again, resumed):
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "tiny: all 4 trials are done; nothing to run" in out.stdout, out.stdout
+        assert "Ray dashboard" not in out.stdout and "eval/exact_accuracy" in out.stdout  # no Ray; the comparison
+    assert not list((ws / "local-ray").glob("*.json"))  # the first launch's note was reaped; no Ray, no new note
     assert len(trial_runs(ws, "tiny")) == 4
 
     # adding a seed runs only the two new trials, in the same sweep
@@ -101,9 +105,13 @@ def test_driver_killed_mid_sweep_then_resume_finishes_every_trial_once(tmp_path,
             said = " ".join(out.split())  # rich wraps lines at the terminal's width
         before = {tid: r for tid, r in store.trial_runs().items()}
         finished_before = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "finished"}
-        interrupted = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == "running"}
+        # Ctrl-C: the driver marks the runs it cut off; SIGKILL: nobody can, they read running until resume
+        cut_off = "interrupted" if how == "Ctrl-C" else "running"
+        interrupted = {tid for tid, r in before.items() if r.data.tags["etrm.status"] == cut_off}
         assert finished_before and interrupted
+        assert finished_before | interrupted == set(before), {r.data.tags["etrm.status"] for r in before.values()}
         if how == "Ctrl-C":  # the count includes trials that never started (no MLflow run yet)
+            assert all(before[tid].info.status == "KILLED" for tid in interrupted)
             assert f"{4 - len(finished_before)} of 4 trial(s) did not finish" in said, out
             assert "etrm-sweep resume killed" in said, out
 
