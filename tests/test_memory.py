@@ -28,10 +28,11 @@ SHAPES = [(64, 4, 8, 16, 2), (32, 2, 5, 4, 1), (256, 8, 10, 3, 3)]  # hidden, he
 def test_parameter_count_is_exact(encoder):
     assert memory.VOCAB_SIZE == VOCAB_SIZE
     for hidden, heads, grid, tokens, layers in SHAPES:
+        knobs = {"output_tokens": tokens, "num_layers": layers, "set_layers": layers + 1, "latent_dim": 24}
+        used = {k: v for k, v in knobs.items() if k in ENCODERS[encoder].knobs}  # others are refused
         cfg = build_config({"data": {"grid_size": grid},
                             "model": {"hidden_size": hidden, "num_heads": heads, "L_layers": layers, "expansion": 3.0,
-                                      "encoder": {"type": encoder, "output_tokens": tokens, "num_layers": layers,
-                                                  "latent_dim": 24}}})
+                                      "encoder": {"type": encoder, **used}}})
         model = ETRM(cfg.model, grid, cfg.data.max_demos)
         assert memory.encoder_params(cfg.model, grid) == sum(p.numel() for p in model.encoder.parameters())
         assert memory.decoder_params(cfg.model) == sum(p.numel() for p in model.decoder.parameters())
