@@ -40,7 +40,7 @@ print(json.dumps({"imports": imported * 1024, "peak": resource.getrusage(resourc
 
 
 def main() -> None:
-    print(f"| config | estimate (MiB) | peak RSS (MiB) | estimate / peak |\n|---|---:|---:|---:|")
+    print("| config | estimate (MiB) | peak RSS (MiB) | estimate / peak |\n|---|---:|---:|---:|")
     for name, tree in CONFIGS.items():
         tree = json.loads(json.dumps(tree))
         tree.setdefault("train", {}).update(steps=STEPS, eval_every=STEPS, checkpoint_every=STEPS, log_every=1,

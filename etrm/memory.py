@@ -134,7 +134,7 @@ def estimate(cfg: TrialConfig) -> Estimate:
     carry_and_logits = B * S * m.hidden_size * 2 * FLOAT * 2 + B * G2 * VOCAB_SIZE * 8 * 4
     activations = decoder + demo_encoder + rope + carry_and_logits
     parts = {"parameters": params * per_param, "activations": activations, "data": _data_bytes(cfg)}
-    biggest = max(parts, key=parts.get)
+    biggest = max(parts, key=lambda part: parts[part])
     culprit = {
         "parameters": "model.encoder.output_tokens" if T * m.hidden_size > 64 * m.hidden_size**2 else "model.hidden_size",
         "activations": "model.encoder.output_tokens" if T > max(G2, 4096) else "train.batch_size",

@@ -61,7 +61,8 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+# (types-PyYAML types a constructor by the loader class it is added to; SafeLoader's own method is what we mean)
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[type-var]
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -107,7 +108,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except _Limit as err:
         raise YamlError(f"{where}: {err}") from None
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
+        if (mark := err.problem_mark) is None:
+            raise YamlError(f"{where}: not valid YAML ({err.problem})") from None
         raise YamlError(f"{where}: not valid YAML (line {mark.line + 1}, column {mark.column + 1}: {err.problem})") from None
     except yaml.YAMLError as err:
         raise YamlError(f"{where}: not valid YAML ({' '.join(str(err).split())})") from None

@@ -82,8 +82,9 @@ def validate(spec: SpecArg) -> None:
     """Check a spec completely, without running anything.
 
     Every axis must be a trial-config key, every cell of the grid a valid trial config, the contrast
-    pairable, the metrics known; without a cluster address, every trial must fit this machine's memory. Prints `ok: N cells x M seeds = T trials`, or one `error:` line per
-    problem naming the field, with exit code 2.
+    pairable, the metrics known; without a cluster address, every trial must fit this machine's memory.
+    Prints `ok: N cells x M seeds = T trials`, or one `error:` line per problem naming the field, with
+    exit code 2.
     """
     with user_errors():
         plan = make_plan(load_spec(spec))

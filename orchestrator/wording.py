@@ -155,7 +155,8 @@ def rules(comparison: Comparison) -> dict[str, str]:
         "survivors only and flatter the variant that diverges; a diverged run's last finite accuracy is an upper "
         "bound on what it delivers, so the rule favours the unstable variant, never the fix.",
         "excluded": "Failed (crashed), still-running, interrupted (Ctrl-C) and early-stopped (ASHA) trials are "
-        "excluded from every statistic and counted per cell; a finished or diverged trial without a finite value of a metric is counted as 'no value' for it. "
+        "excluded from every statistic and counted per cell; a finished or diverged trial without a finite value "
+        "of a metric is counted as 'no value' for it. "
         "Nothing is dropped silently.",
         "intervals": "95% CI (t): mean +- t(0.975, n-1) s/sqrt(n), exact for normal data; the verdicts quote it. "
         f"95% CI (bootstrap): expanded percentile bootstrap (Hesterberg 2015; {stats.N_BOOT} seeded resamples), "

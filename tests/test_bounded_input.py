@@ -109,7 +109,8 @@ CASES = [
     ("config-source-garbage-task", "trial",
      lambda tmp: yaml.safe_dump(base_with(data={"source": arc_folder(tmp, "garbage-task")})), "not an ARC task file"),
     # -- memory: valid numbers, impossible trials
-    ("spec-batch-1e7", "validate", spec_text(base=base_with(train={"batch_size": 10**7})), "base.train.batch_size: 2 of 2 cells cannot fit"),
+    ("spec-batch-1e7", "validate", spec_text(base=base_with(train={"batch_size": 10**7})),
+     "base.train.batch_size: 2 of 2 cells cannot fit"),
     ("spec-1e9-puzzles", "validate", spec_text(base=base_with(data={"num_train_puzzles": 10**9})),
      "base.data.num_train_puzzles: 2 of 2 cells cannot fit"),
     ("spec-axis-hidden-1e6", "validate",
