@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from etrm import memory
-from etrm.checkpoint import (CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, resumable,
-                             save_checkpoint)
+from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, resumable, save_checkpoint
 from etrm.config import ConfigError, TrialConfig, load_config
 from etrm.data import EvalSet, TrainSampler, load_puzzles
 from etrm.diagnostics import GradSpikes, HaltedMeans, encoder_diagnostics, grad_norm

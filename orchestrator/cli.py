@@ -167,7 +167,6 @@ def _run(ctx, spec_text: str, address: str | None) -> None:
 
     check_services(ctx.spec, address, ctx.tracking_uri)  # before Ray is even imported: a dead address fails in seconds
     from orchestrator.dispatch import launch as launch_sweep
-
     from orchestrator.journal import TrackingUnavailable
 
     console = Console()
