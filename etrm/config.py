@@ -19,12 +19,13 @@ from etrm import arc_files
 from etrm.registry import ENCODERS, IGNORED_BECAUSE
 from etrm.strict_yaml import YamlError, parse_yaml, read_yaml
 
-# How often a trial reports, evaluates and checkpoints, and how many CPU threads it uses, change what is seen
-# of it and when, not what it computes (tests/test_train.py trains with other frequencies to the same weights;
-# threads may move the last bits of a parallel sum, as another machine would). So the trial id leaves them out:
+# How often a trial reports, evaluates and checkpoints, how many CPU threads it uses and whether its blocks are
+# compiled change what is seen of it, when and how fast, not what it computes (tests/test_train.py trains with
+# other frequencies to the same weights; threads and compiled kernels may move the last bits of a sum, as another
+# machine would: tests/test_compile.py). So the trial id leaves them out:
 # changing them reruns nothing, and a trial resumes from a checkpoint written at another frequency. Every run
 # still records them (MLflow params, trial_config.json). A sweep cannot vary them (orchestrator/spec.py).
-OBSERVABILITY_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.threads")
+OBSERVABILITY_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.threads", "train.compile")
 
 SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", "recolour_object")
 SEED_LIMIT = 2**32  # numpy's legacy seeding (np.random.seed) takes seeds below 2**32
@@ -168,6 +169,11 @@ class TrainConfig(Strict):
         "else float32. On such CPUs bf16 pays off from hidden ~128; tiny models run faster in float32 (bench/RESULTS.md).",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default). Not part of the trial id.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the transformer blocks (inductor): faster steps after ~1 min of compilation "
+        "in the first steps (bench/RESULTS.md); evaluation runs eagerly. Not part of the trial id.",
+    )
 
 
 class DecoderInitConfig(Strict):

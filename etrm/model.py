@@ -154,6 +154,19 @@ class ETRM(nn.Module):
             state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
         self.decoder.load_state_dict({k: v for k, v in state_dict.items() if "puzzle_emb" not in k})
 
+    def compile_blocks(self) -> None:
+        """torch.compile (inductor) every transformer block, where the step's time goes.
+
+        Block by block rather than the whole step: the decoder applies its blocks 30 times
+        per step (H_cycles x (L_cycles + 1) x L_layers), and one compiled block serves them all,
+        so compilation takes about a minute on a CPU rather than many. The number of real demos
+        varies per step, so the per-demo encoder's blocks are recompiled once with a dynamic
+        batch size. Outputs equal the eager ones up to float rounding (tests/test_compile.py).
+        """
+        for module in self.modules():
+            if isinstance(module, TransformerBlock):
+                module.compile()
+
     def freeze_decoder(self) -> None:
         """Train the encoder only (build the optimiser after this: frozen parameters are left out)."""
         self.decoder.requires_grad_(False)

@@ -151,6 +151,8 @@ def setup(cfg: TrialConfig) -> Setup:
         model.freeze_decoder()
     optimizer = build_optimizer(model, tc)  # after freezing: frozen parameters are left out
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
+    if tc.compile:
+        model.compile_blocks()  # after the EMA copy: evaluation stays eager
     return Setup(device, pick_dtype(tc.dtype, device), model, optimizer, ema, sampler, eval_set)
 
 
@@ -183,7 +185,8 @@ def run_eval(s: Setup, cfg: TrialConfig) -> dict[str, float]:
     """Evaluate the EMA weights when there are any (that is what EMA is for), else the live ones."""
     model = s.ema if s.ema is not None else s.model
     dtype = s.dtype if s.dtype != torch.float32 else None
-    return evaluate(model, s.eval_set, s.device, dtype, halt_max_steps=cfg.model.halt_max_steps)
+    with torch.compiler.set_stance("force_eager"):  # compiling for a few eval batches would not pay
+        return evaluate(model, s.eval_set, s.device, dtype, halt_max_steps=cfg.model.halt_max_steps)
 
 
 def _crash_fault(checkpoint_dir: Path | None, step: int) -> None:
