@@ -148,12 +148,12 @@ def research_trainer(cfg, dtype: str):
 
 def our_trainer(cfg):
     """Our trainer's step between two log steps (the body of etrm.train.train's loop)."""
-    from etrm.diagnostics import HaltedMeans
+    from etrm.diagnostics import GradSpikes, HaltedMeans
     from etrm.train import forward_and_loss, setup
 
     s = setup(cfg)
     trainable = [p for p in s.model.parameters() if p.requires_grad]
-    halted_means = HaltedMeans(s.device)
+    halted_means, grad_spikes = HaltedMeans(s.device), GradSpikes(cfg.train.grad_clip, s.device)
     carry = None
 
     def step(batch):
@@ -164,7 +164,7 @@ def our_trainer(cfg):
         with record_function("backward"):
             loss.backward()
         with record_function("clip"):
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip)
+            grad_spikes.add(torch.nn.utils.clip_grad_norm_(trainable, cfg.train.grad_clip))
         with record_function("optimizer"):
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
