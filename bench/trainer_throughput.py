@@ -264,7 +264,7 @@ def main() -> None:
                     row = spawn(impl, shape, dtype, *opts) | {"round": r, "load": os.getloadavg()[0]}
                     rows.append(row)
                     print(f"round {r} {shape:10s} {dtype:8s} {impl:8s} {row['samples_per_s']:7.1f} samples/s "
-                          f"{row['peak_rss_mib']:6.0f} MiB  first step {row['first_step_s']:5.1f} s  load {load()}",
+                          f"{row['cpu_s_per_step']:6.2f} CPU s/step {row['peak_rss_mib']:6.0f} MiB  first step {row['first_step_s']:5.1f} s  load {load()}",
                           flush=True)
         loads.append(f"after round {r}: {load()}")
 
@@ -284,18 +284,22 @@ def render(rows: list[dict], args, loads: list[str]) -> str:
                 f"{statistics.median(r['peak_rss_mib'] for r in rs):.0f}")
 
     lines = [
-        "| shape | dtype | research samples/s (min-max) | ours samples/s (min-max) | **ours / research** (median of per-round ratios) | research peak RSS MiB | ours peak RSS MiB | ours compiled | ours first step s |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "| shape | dtype | research samples/s (min-max) | ours samples/s (min-max) | **ours / research** (median of per-round ratios, min-max) "
+        "| research / ours CPU s per step (median) | research peak RSS MiB | ours peak RSS MiB | ours compiled | ours first step s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for shape in args.shapes:
         for dtype in args.dtypes:
             res, ours = pick("research", shape, dtype), pick("ours", shape, dtype)
-            ratios = sorted(o["samples_per_s"] / r["samples_per_s"] for r, o in zip(
-                sorted(res, key=lambda x: x["round"]), sorted(ours, key=lambda x: x["round"])))
+            if not res or not ours:
+                continue
+            pairs = list(zip(sorted(res, key=lambda x: x["round"]), sorted(ours, key=lambda x: x["round"])))
+            ratios = sorted(o["samples_per_s"] / r["samples_per_s"] for r, o in pairs)
+            cpu = statistics.median(r["cpu_s_per_step"] for r in res) / statistics.median(o["cpu_s_per_step"] for o in ours)
             (rs, rm), (os_, om) = cell(res), cell(ours)
             first = ", ".join(f"{o['first_step_s']:.1f}" for o in sorted(ours, key=lambda x: x["round"]))
             lines.append(f"| {shape} | {dtype} | {rs} | {os_} | **{statistics.median(ratios):.2f}×** "
-                         f"({ratios[0]:.2f}-{ratios[-1]:.2f}) | {rm} | {om} | {ours[0]['compile']} | {first} |")
+                         f"({ratios[0]:.2f}-{ratios[-1]:.2f}) | {cpu:.2f}× | {rm} | {om} | {ours[0]['compile']} | {first} |")
     head = [
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; command: "
         f"`.venv/bin/python bench/trainer_throughput.py {' '.join(sys.argv[1:])}`",
