@@ -264,7 +264,8 @@ def main() -> None:
                     row = spawn(impl, shape, dtype, *opts) | {"round": r, "load": os.getloadavg()[0]}
                     rows.append(row)
                     print(f"round {r} {shape:10s} {dtype:8s} {impl:8s} {row['samples_per_s']:7.1f} samples/s "
-                          f"{row['cpu_s_per_step']:6.2f} CPU s/step {row['peak_rss_mib']:6.0f} MiB  first step {row['first_step_s']:5.1f} s  load {load()}",
+                          f"{row['cpu_s_per_step']:6.2f} CPU s/step {row['peak_rss_mib']:6.0f} MiB  "
+                          f"first step {row['first_step_s']:5.1f} s  load {load()}",
                           flush=True)
         loads.append(f"after round {r}: {load()}")
 
@@ -284,8 +285,9 @@ def render(rows: list[dict], args, loads: list[str]) -> str:
                 f"{statistics.median(r['peak_rss_mib'] for r in rs):.0f}")
 
     lines = [
-        "| shape | dtype | research samples/s (min-max) | ours samples/s (min-max) | **ours / research** (median of per-round ratios, min-max) "
-        "| research / ours CPU s per step (median) | research peak RSS MiB | ours peak RSS MiB | ours compiled | ours first step s |",
+        "| shape | dtype | research samples/s (min-max) | ours samples/s (min-max) "
+        "| **ours / research** (median of per-round ratios, min-max) | research / ours CPU s per step (median) "
+        "| research peak RSS MiB | ours peak RSS MiB | ours compiled | ours first step s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for shape in args.shapes:
@@ -303,11 +305,13 @@ def render(rows: list[dict], args, loads: list[str]) -> str:
     head = [
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; command: "
         f"`.venv/bin/python bench/trainer_throughput.py {' '.join(sys.argv[1:])}`",
-        f"- torch {torch.__version__}, Python {platform.python_version()}, {rows[0]['threads']} torch threads in every process; "
-        f"{args.rounds} alternating rounds, {args.seconds:g} s timed after {args.warmup} warm-up steps, each measurement its own process",
+        f"- torch {torch.__version__}, Python {platform.python_version()}, {rows[0]['threads']} torch threads in every "
+        f"process; {args.rounds} alternating rounds, {args.seconds:g} s timed after {args.warmup} warm-up steps, "
+        "each measurement its own process",
         f"- load average (1/5/15 min): {'; '.join(loads)}",
         f"- real demos per row: {rows[0]['real_demos']:.2f} of 4 slots; the same {NUM_BATCHES} batches for both trainers",
-        "- shapes: H_cycles 3, L_cycles 4, L_layers 2, 4 heads, expansion 4, standard encoder (2 layers, 2 post-norm set layers), 16 context tokens; "
+        "- shapes: H_cycles 3, L_cycles 4, L_layers 2, 4 heads, expansion 4, standard encoder (2 layers, "
+        "2 post-norm set layers), 16 context tokens; "
         + "; ".join(f"{k}: hidden {v['hidden_size']}, grid {v['grid_size']}, batch {v['batch_size']}" for k, v in SHAPES.items()),
         "",
         "```",

@@ -50,7 +50,7 @@ def test_compiled_blocks_match_eager(dtype, tol):
         torch.testing.assert_close(c_q, e_q, rtol=tol, atol=tol)
     assert e_grads.keys() == c_grads.keys() and len(e_grads) > 10
     for name, g in e_grads.items():
-        torch.testing.assert_close(c_grads[name], g, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(c_grads[name], g, rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_trial_with_compile_trains_and_evaluates():
