@@ -173,7 +173,12 @@ def test_stack_images_run_a_sweep_end_to_end(images, tmp_path):
         # 3. A worker from the worker image joins with the token.
         command = worker.cmd[-1] + f" --node-ip-address=127.0.0.1 --num-cpus=2 --temp-dir=/tmp/{marker} {ray_ports()}"
         worker_proc, worker_log = worker.start(command, {**ray_env, "RAY_HEAD": address, "RAY_RESOURCES": "{}"})
-        wait_until(lambda: live_nodes(head, ray_env, address) == 2, 600, "worker joining", worker_proc, worker_log)
+
+        def joined() -> bool:
+            assert head_proc.poll() is None, f"the Ray head exited:\n{head_log.read_text()[-3000:]}"
+            return live_nodes(head, ray_env, address) == 2
+
+        wait_until(joined, 600, "worker joining", worker_proc, worker_log)
 
         # 4. MLflow on PostgreSQL: the compose service's command, on loopback (started after the Ray nodes:
         # everything at once on 2 cores can keep a raylet from registering within Ray's 30 s).
