@@ -31,6 +31,16 @@ SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", 
 SEED_LIMIT = 2**32  # numpy's legacy seeding (np.random.seed) takes seeds below 2**32
 
 
+# Keys added after sweeps were recorded: hashed only when set, so the ids of existing trials do not change.
+UNHASHED_WHEN_UNSET = ("model.init_jitter",)
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
@@ -129,6 +139,10 @@ class ModelConfig(Strict):
         0.1, ge=0.0, le=1.0, description="Chance that a training sample must run a random minimum of ACT steps."
     )
     rope_theta: float = Field(10000.0, gt=0, description="Rotary position embedding base.")
+    init_jitter: int | None = Field(
+        None, ge=0, description="Seed of a 1e-6 jitter added to every initial weight (null = none): the same run "
+        "again, perturbed negligibly, as a null-control arm; the jitter has its own random stream.",
+    )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
 
     @model_validator(mode="after")
@@ -208,10 +222,12 @@ class TrialConfig(Strict):
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
     def config_hash(self, without: tuple[str, ...] = ()) -> str:
-        """Stable 16-hex-digit id of what the trial computes: the resolved config less OBSERVABILITY_KEYS
-        (and any dotted keys in `without`); key order and formatting do not matter."""
+        """Stable 16-hex-digit id of what the trial computes: the resolved config less OBSERVABILITY_KEYS,
+        UNHASHED_WHEN_UNSET keys left unset (and any dotted keys in `without`); key order and formatting do not
+        matter."""
         tree = self.model_dump(mode="json")
-        for key in (*OBSERVABILITY_KEYS, *without):
+        unset = [key for key in UNHASHED_WHEN_UNSET if _get(tree, key) is None]
+        for key in (*OBSERVABILITY_KEYS, *unset, *without):
             *sections, leaf = key.split(".")
             node = tree
             for section in sections:

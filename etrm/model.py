@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from etrm.config import ModelConfig
 
 Batch = dict[str, Tensor]
+INIT_JITTER = 1e-6  # model.init_jitter's scale: far below any effect, above float32 round-off of small weights
 
 
 @dataclass
@@ -166,6 +168,15 @@ class ETRM(nn.Module):
         for module in self.modules():
             if isinstance(module, TransformerBlock):
                 module.compile()
+
+    @torch.no_grad()
+    def jitter_(self, seed: int, jitter: int, scale: float = INIT_JITTER) -> None:
+        """Add scale * N(0, 1) to every parameter: a null-control arm, the same trial perturbed negligibly. The
+        noise comes from its own generator (seeded by the trial seed and the jitter seed), so initialisation,
+        data order and every other random stream stay exactly those of the unjittered trial."""
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, jitter]).generate_state(1)[0]))
+        for p in self.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p))
 
     def freeze_decoder(self) -> None:
         """Train the encoder only (build the optimiser after this: frozen parameters are left out)."""

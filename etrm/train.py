@@ -144,7 +144,10 @@ def setup(cfg: TrialConfig) -> Setup:
     train_puzzles, eval_puzzles = load_puzzles(cfg.data, cfg.seed)
     sampler = TrainSampler(train_puzzles, cfg.data, tc.batch_size, cfg.seed)
     eval_set = EvalSet(eval_puzzles, cfg.data, cfg.seed, tc.batch_size)
-    model = ETRM(cfg.model, cfg.data.grid_size, cfg.data.max_demos).to(device)
+    model = ETRM(cfg.model, cfg.data.grid_size, cfg.data.max_demos)
+    if cfg.model.init_jitter is not None:
+        model.jitter_(cfg.seed, cfg.model.init_jitter)
+    model = model.to(device)
     if cfg.decoder.checkpoint:
         load_decoder_weights(cfg.decoder.checkpoint, model)
     if cfg.decoder.freeze:

@@ -168,3 +168,20 @@ def test_load_decoder_state_ignores_encoder_and_puzzle_embedding():
     target.load_decoder_state(source.decoder.state_dict())  # a decoder-only state dict works too
     with pytest.raises(RuntimeError):
         target.load_decoder_state({k: v for k, v in source.decoder.state_dict().items() if "lm_head" not in k})
+
+
+def test_init_jitter_is_a_negligible_perturbation_on_its_own_random_stream():
+    """The null-control arm: the same initial weights plus ~1e-6 noise, and every other random stream untouched."""
+    plain = tiny_model()
+    after_plain = torch.get_rng_state()
+    jittered = tiny_model()
+    jittered.jitter_(seed=0, jitter=1)
+    assert torch.equal(torch.get_rng_state(), after_plain)  # the global stream (data, ACT exploration) is as before
+    diffs = [(a - b).abs().max().item() for a, b in zip(jittered.parameters(), plain.parameters())]
+    assert 1e-7 < max(diffs) < 1e-5 and min(diffs) > 0  # every parameter moved, by ~1e-6
+
+    again, other = tiny_model(), tiny_model()
+    again.jitter_(seed=0, jitter=1)
+    other.jitter_(seed=0, jitter=2)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), jittered.parameters()))  # seeded
+    assert not torch.equal(next(other.parameters()), next(jittered.parameters()))  # its own seed, its own noise

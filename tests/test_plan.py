@@ -224,3 +224,13 @@ def test_shipped_sweeps_are_the_intended_experiments():
                for t in full.trials)
     assert set(full.spec.axes) >= {"model.encoder.type", "model.encoder.kl_weight", "model.encoder.num_layers",
                                    "model.encoder.norm_style", "model.encoder.final_norm"}
+
+
+def test_an_unset_key_added_later_keeps_every_existing_trial_id():
+    """model.init_jitter (the null-control arm) came after sweeps were recorded: unset, it is not hashed, so
+    these ids, computed before it existed, still hold; set, it makes a new trial."""
+    from etrm.config import build_config
+
+    config = build_config({})
+    assert (config.config_hash(), config.config_hash(without=("seed",))) == ("7c8a47a7255021da", "877df24ac9d17155")
+    assert build_config({"model": {"init_jitter": 1}}).config_hash() != config.config_hash()
