@@ -18,10 +18,10 @@ import numpy as np
 
 from etrm.metrics import direction, is_variance
 from etrm.status import RECORDED, USABLE, TrialStatus
-from orchestrator import stats
+from orchestrator import adaptive, power, stats
 from orchestrator.plan import short_names
 from orchestrator.records import TrialRecord, mlflow_metric_name
-from orchestrator.spec import show_value
+from orchestrator.spec import NULL_CONTROL_KEY, AdaptiveSeeds, show_value
 
 DEFAULT_METRICS = [
     "eval/exact_accuracy",
@@ -67,6 +67,25 @@ class Cell:
 
 
 @dataclass
+class NullArm:
+    """The control run again with a 1e-6 jitter of its initial weights (an A/A arm): what no change at all does
+    to a paired difference on this model, the noise floor the effect is read against."""
+
+    cell: str
+    label: str
+    n: int  # seeds with a null and a control value
+    diff: float  # mean of null - control (about 0 by construction)
+    sd: float  # SD of null - control across seeds: the spread of a paired difference under no effect
+    ci_t: tuple[float, float]
+    n_vs_null: int  # seeds with treatment, null and control values
+    p_vs_null: float  # sign-flip test of treatment - null: is the effect more than the null arm's jitter?
+
+    @property
+    def distinguishable(self) -> bool:
+        return self.p_vs_null < ALPHA
+
+
+@dataclass
 class ContrastResult:
     """Treatment vs control on one metric, within one combination of the other axes."""
 
@@ -100,9 +119,18 @@ class ContrastResult:
     sd_ratio_ci: tuple[float, float] | None
     scale_ratio: float | None  # variance metrics: sqrt(mean_t / mean_c)
     scale_ratio_ci: tuple[float, float] | None
+    correlation: float | None = None  # paired: Pearson r of the arms across seeds
+    variance_ratio: float | None = None  # paired: var(t - c) / (var(t) + var(c)); < 1: pairing helped
+    mde: float = math.nan  # smallest |difference| this test detects with 80% power at its alpha; inf: none can
+    mde_alpha: float = ALPHA  # that alpha: ALPHA / family size for the primary metric (Holm's first step)
+    null: NullArm | None = None  # with a null-control arm (spec null_control)
+    ci_anytime: tuple[float, float] | None = None  # adaptive seeds, primary metric: the interval valid after peeking
 
     @property
     def significant(self) -> bool:
+        """Holm-adjusted p < ALPHA; after adaptive seeds (which peeked), the anytime interval excludes 0."""
+        if self.ci_anytime is not None:
+            return self.ci_anytime[0] > 0 or self.ci_anytime[1] < 0
         return self.p_holm is not None and self.p_holm < ALPHA
 
 
@@ -116,6 +144,7 @@ class Comparison:
     cells: list[Cell]
     contrasts: list[ContrastResult]
     family_size: int  # tests in the Holm family: the primary metric's contrasts that could be tested
+    adaptive: AdaptiveSeeds | None = None  # the seeds were added in batches under this stopping rule
 
     @property
     def primary(self) -> str:
@@ -131,9 +160,11 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """The numbers, JSON-safe: non-finite floats become None, seed keys become strings."""
-        d = asdict(self)
+        d = asdict(self) | {"adaptive": self.adaptive.model_dump() if self.adaptive else None}
         for c, out in zip(self.contrasts, d["contrasts"]):
             out["significant"] = c.significant
+            if c.null is not None:
+                out["null"]["distinguishable"] = c.null.distinguishable
         return _jsonable(d)
 
 
@@ -217,11 +248,13 @@ def _cells(records, axes, metrics, selection, seed) -> list[Cell]:
         missing_axes = [a for a in axes if a not in r.variant]
         if missing_axes:
             raise ValueError(f"trial {r.trial_id}: variant lacks axes {missing_axes}")
-        groups.setdefault(tuple(r.variant[a] for a in axes), []).append(r)
+        groups.setdefault((*(r.variant[a] for a in axes), r.variant.get(NULL_CONTROL_KEY)), []).append(r)
+    if any(key[-1] is not None for key in groups):
+        names = short_names([*axes, NULL_CONTROL_KEY])
 
     cells = []
     for key, group in groups.items():
-        variant = dict(zip(axes, key))
+        variant = dict(zip(axes, key)) | ({NULL_CONTROL_KEY: key[-1]} if key[-1] is not None else {})
         group.sort(key=lambda r: r.seed)
         cell_ids, seeds = {r.cell_id for r in group}, [r.seed for r in group]
         if len(cell_ids) > 1 or len(set(seeds)) < len(seeds):
@@ -340,6 +373,8 @@ def _contrasts(cells: list[Cell], axes: list[str], contrast: tuple[str, Any, Any
     arms: dict[tuple, dict[str, Cell]] = {}
     for cell in cells:
         arm = "t" if cell.variant[axis] == treatment else "c" if cell.variant[axis] == control else None
+        if arm and NULL_CONTROL_KEY in cell.variant:
+            arm = "n" if arm == "c" else None
         if arm:
             arms.setdefault(tuple(cell.variant[a] for a in others), {})[arm] = cell
     results = []
@@ -347,15 +382,45 @@ def _contrasts(cells: list[Cell], axes: list[str], contrast: tuple[str, Any, Any
         context = dict(zip(others, key))
         context_label = _label(context, names) if others else ""
         for m in metrics:
-            results.append(
-                _contrast(
-                    m, pair.get("t"), pair.get("c"), _rng(seed, context_label, m),
-                    confirmatory=m == metrics[0], context=context, context_label=context_label,
-                    treatment_label=f"{names[axis]}={show_value(treatment)}",
-                    control_label=f"{names[axis]}={show_value(control)}",
-                )  # fmt: skip
-            )
+            result = _contrast(
+                m, pair.get("t"), pair.get("c"), _rng(seed, context_label, m),
+                confirmatory=m == metrics[0], context=context, context_label=context_label,
+                treatment_label=f"{names[axis]}={show_value(treatment)}",
+                control_label=f"{names[axis]}={show_value(control)}",
+            )  # fmt: skip
+            if "n" in pair and "c" in pair:
+                result.null = _null_arm(m, pair.get("t"), pair["c"], pair["n"], _rng(seed, context_label, m, "null"))
+            results.append(result)
     return results
+
+
+def _null_arm(metric: str, t_cell: Cell | None, c_cell: Cell, n_cell: Cell, rng: np.random.Generator) -> NullArm:
+    vt = t_cell.metrics[metric].values if t_cell else {}
+    vc, vn = c_cell.metrics[metric].values, n_cell.metrics[metric].values
+    seeds = sorted(vn.keys() & vc.keys())
+    d = np.array([vn[s] - vc[s] for s in seeds])
+    both = sorted(vt.keys() & vn.keys() & vc.keys())
+    vs_null = np.array([vt[s] - vn[s] for s in both])
+    return NullArm(
+        cell=n_cell.cell_id, label=n_cell.label, n=len(d), diff=float(d.mean()) if len(d) else math.nan,
+        sd=float(d.std(ddof=1)) if len(d) > 1 else math.nan, ci_t=stats.t_interval(d), n_vs_null=len(both),
+        p_vs_null=stats.sign_flip_test(vs_null, rng) if len(both) >= 2 else math.nan,
+    )  # fmt: skip
+
+
+def _noise(r: ContrastResult, cells: dict[str, Cell], family_size: int, rule: AdaptiveSeeds | None) -> None:
+    """Pairing efficiency, the MDE at the test's alpha, and (adaptive seeds) the anytime interval, in place."""
+    if r.method != "paired sign-flip":
+        return
+    vt = cells[r.treatment_cell].metrics[r.metric].values
+    vc = cells[r.control_cell].metrics[r.metric].values
+    t, c = (np.array([v[s] for s in r.paired_seeds]) for v in (vt, vc))
+    r.correlation, r.variance_ratio = stats.pairing(t, c)
+    r.mde_alpha = ALPHA / max(family_size, 1) if r.confirmatory else ALPHA
+    r.mde = power.mde(float(np.std(t - c, ddof=1)), len(t), r.mde_alpha)
+    if rule is not None and r.confirmatory:
+        lo, hi = adaptive.interval(t - c, rule, family_size)
+        r.ci_anytime = (float(lo), float(hi))
 
 
 # --- entry points -------------------------------------------------------------------------------------
@@ -369,6 +434,7 @@ def compare(
     metrics: list[str],
     selection: str = "final",
     seed: int = 0,
+    adaptive_seeds: AdaptiveSeeds | None = None,
 ) -> Comparison:
     """Cells and contrasts with every statistic, Holm across the contrasts of the primary metric
     (metrics[0]). `contrast` is (axis, treatment value, control value); wording.py puts it in words."""
@@ -387,6 +453,9 @@ def compare(
     family = [c for c in contrasts if c.confirmatory and math.isfinite(c.p)]
     for c, p in zip(family, stats.holm(np.array([c.p for c in family]))):
         c.p_holm = float(p)
+    by_id = {c.cell_id: c for c in cells}
+    for c in contrasts:
+        _noise(c, by_id, len(family), adaptive_seeds)
     return Comparison(
         axes=list(axes),
         contrast=tuple(contrast) if contrast else None,
@@ -396,6 +465,7 @@ def compare(
         cells=cells,
         contrasts=contrasts,
         family_size=len(family),
+        adaptive=adaptive_seeds,
     )
 
 

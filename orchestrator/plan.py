@@ -18,7 +18,7 @@ from typing import Any
 
 from etrm import memory
 from etrm.config import TrialConfig, build_config
-from orchestrator.spec import SpecError, SweepSpec, base_for, show_value
+from orchestrator.spec import NULL_CONTROL_KEY, NULL_CONTROL_VALUE, SpecError, SweepSpec, base_for, show_value
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,16 @@ class Plan:
             metric, mode = self.spec.primary_metric()
             return (f"optuna samples {opt.num_samples} trials over {', '.join(opt.space)} "
                     f"(seed {self.spec.seeds[0]}, {mode}imising {metric})")
-        text = f"{len(self.cells)} cells x {len(self.spec.seeds)} seeds = {len(self.trials)} trials"
-        return text + (f" ({self.excluded_cells} cells excluded)" if self.excluded_cells else "")
+        rule = self.spec.adaptive
+        seeds = f"up to {rule.max} seeds (adaptive: {rule.min}, then +{rule.step})" if rule else f"{len(self.spec.seeds)} seeds"
+        text = f"{len(self.cells)} cells x {seeds} = {'up to ' if rule else ''}{len(self.trials)} trials"
+        notes = [f"{self.excluded_cells} cells excluded"] * bool(self.excluded_cells)
+        notes += [f"{self.null_cells} null-control cells"] * bool(self.null_cells)
+        return text + (f" ({', '.join(notes)})" if notes else "")
+
+    @property
+    def null_cells(self) -> int:
+        return sum(NULL_CONTROL_KEY in trials[0].variant for trials in self.cells.values())
 
 
 def short_names(keys: list[str]) -> dict[str, str]:
@@ -85,12 +93,21 @@ def planned_trial(spec: SweepSpec, variant: dict[str, Any], seed: int) -> Planne
     return PlannedTrial(config.config_hash(), config.config_hash(without=("seed",)), label, seed, dict(variant), config)
 
 
+def variants(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The spec's cells, each control cell followed by its null-control arm when the spec asks for one."""
+    out = []
+    for cell in spec.cells():
+        out.append(cell)
+        if spec.null_control and cell[spec.contrast.axis] == spec.contrast.control:
+            out.append(cell | {NULL_CONTROL_KEY: NULL_CONTROL_VALUE})
+    return out
+
+
 def make_plan(spec: SweepSpec) -> Plan:
     if spec.search != "grid":
         return Plan(spec, [], 0)
-    cells = spec.cells()
-    trials = [planned_trial(spec, variant, seed) for variant in cells for seed in spec.seeds]
-    return Plan(spec, trials, spec.grid_size() - len(cells))
+    trials = [planned_trial(spec, variant, seed) for variant in variants(spec) for seed in spec.seeds]
+    return Plan(spec, trials, spec.grid_size() - len(spec.cells()))
 
 
 def check_memory(plan: Plan, limit: tuple[int, str] | None = None) -> None:

@@ -20,7 +20,7 @@ from etrm.status import EXCLUDED, USABLE
 from orchestrator.compare import Cell, Comparison, ContrastResult
 from orchestrator.plots import PLOT_KINDS, plot_name, render_plots
 from orchestrator.records import TrialRecord
-from orchestrator.wording import format_interval, format_ratio, format_value, rules, verdict, verdicts
+from orchestrator.wording import format_interval, format_ratio, format_value, noise, rules, verdict, verdicts
 
 TITLE = "Sweep comparison"
 # terminal styles of verdicts
@@ -103,6 +103,38 @@ def contrast_table(comparison: Comparison, metric: str) -> tuple[list[str], list
     return headers, rows
 
 
+def noise_table(comparison: Comparison, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Per paired contrast: did pairing help, what could this sweep detect, and the null arm's spread."""
+    headers = ["context", "pairing r", "var paired/unpaired", "MDE (80% power)", "null - control", "null SD",
+               "p (t vs null)"]
+    if comparison.adaptive is not None:
+        headers.append("anytime-valid CI")
+    rows = []
+    for r in comparison.contrasts:
+        if r.metric != metric or r.correlation is None:
+            continue
+        a = r.null
+        row = [
+            r.context_label or "-", format_value("", r.correlation), format_value("", r.variance_ratio),
+            format_value(metric, r.mde, diff=True).lstrip("+"),
+            format_value(metric, a.diff, diff=True) if a else "-",
+            format_value(metric, a.sd, diff=True).lstrip("+") if a else "-",
+            format_value("", a.p_vs_null) if a else "-",
+        ]  # fmt: skip
+        if comparison.adaptive is not None:
+            row.append(format_interval(metric, r.ci_anytime, diff=True) if r.ci_anytime else "-")
+        rows.append(row)
+    return headers, rows
+
+
+def _noise_lines(comparison: Comparison) -> list[str]:
+    """The primary metric's noise sentences (pairing, MDE, null arm); the other metrics' are in the tables."""
+    return [text for r in comparison.contrasts if r.confirmatory and (text := noise(r))]
+
+
+NOISE_TITLE = "Noise: did pairing help, what could these seeds detect, the null arm"
+
+
 def _header(comparison: Comparison) -> str:
     c = comparison.contrast
     what = f"contrast {c[0]}: {c[1]!r} (treatment) vs {c[2]!r} (control)" if c else "no contrast"
@@ -113,11 +145,12 @@ def print_report(comparison: Comparison, console: Console) -> None:
     console.rule(f"[bold]{TITLE}")
     console.print(_header(comparison))
     for metric in comparison.metrics:
-        tables = {"cells": cell_table(comparison, metric), "contrasts": contrast_table(comparison, metric)}
+        tables = {"cells": cell_table(comparison, metric), "contrasts": contrast_table(comparison, metric),
+                  "noise": noise_table(comparison, metric)}
         for title, (headers, rows) in tables.items():
             if not rows:
                 continue
-            role = f" ({_role(comparison, metric)})" if title == "contrasts" else ""
+            role = f" ({_role(comparison, metric)})" if title != "cells" else ""
             table = Table(title=f"{metric}: {title}{role}", title_justify="left")
             for h in headers:
                 table.add_column(h, overflow="fold")
@@ -135,6 +168,10 @@ def print_report(comparison: Comparison, console: Console) -> None:
         console.rule(title)
         for r, sentence in results:
             console.print(Text(sentence, style=TONES[_tone(r)]))
+    if lines := _noise_lines(comparison):
+        console.rule(NOISE_TITLE)
+        for line in lines:
+            console.print(line)
     console.rule("how the numbers were made")
     for key, text in rules(comparison).items():
         console.print(Text.assemble((key, "bold"), f": {text}"))
@@ -151,6 +188,8 @@ def to_markdown(comparison: Comparison) -> str:
     out += ["## All metrics: mean over seeds per cell", "", _md_table(*overview_table(comparison)), ""]
     for title, results in _verdict_groups(comparison):
         out += [f"## {title}", "", *(f"- {sentence}" for _, sentence in results), ""]
+    if lines := _noise_lines(comparison):
+        out += [f"## {NOISE_TITLE}", "", *(f"- {line}" for line in lines), ""]
     out += ["## How the numbers were made", "", *(f"- **{k}**: {v}" for k, v in rules(comparison).items()), ""]
     for metric in comparison.metrics:
         out += [f"## {metric}", "", "### Cells", "", _md_table(*cell_table(comparison, metric)), ""]
@@ -158,6 +197,9 @@ def to_markdown(comparison: Comparison) -> str:
         if rows:
             title = f"### Contrasts (treatment - control; {_role(comparison, metric)})"
             out += [title, "", _md_table(headers, rows), ""]
+        headers, rows = noise_table(comparison, metric)
+        if rows:
+            out += ["### Noise", "", _md_table(headers, rows), ""]
     return "\n".join(out)
 
 
@@ -184,8 +226,8 @@ def to_dict(comparison: Comparison) -> dict:
     """comparison.json: every number (Comparison.to_dict) with its words: a verdict per contrast, the rules."""
     d = comparison.to_dict()
     sentences = verdicts(comparison)
-    for out, sentence in zip(d["contrasts"], sentences):
-        out["verdict"] = sentence
+    for out, sentence, r in zip(d["contrasts"], sentences, comparison.contrasts):
+        out["verdict"], out["noise"] = sentence, noise(r)
     return d | {"verdicts": sentences, "rules": rules(comparison)}
 
 
@@ -217,6 +259,8 @@ def _html(comparison: Comparison, plots: dict[str, tuple[bytes, str]]) -> str:
     for title, results in _verdict_groups(comparison):
         items = "".join(f'<li class="{_tone(r)}">{e(sentence)}</li>' for r, sentence in results)
         parts.append(f"<h2>{e(title)}</h2><ul>{items}</ul>")
+    if lines := _noise_lines(comparison):
+        parts.append(f"<h2>{e(NOISE_TITLE)}</h2><ul>{''.join(f'<li>{e(line)}</li>' for line in lines)}</ul>")
     said = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in rules(comparison).items())
     parts.append(f"<h2>How the numbers were made</h2><ul>{said}</ul>")
     for metric in comparison.metrics:
@@ -225,6 +269,9 @@ def _html(comparison: Comparison, plots: dict[str, tuple[bytes, str]]) -> str:
         if rows:
             role = e(_role(comparison, metric))
             parts.append(f"<h3>Contrasts (treatment - control; {role})</h3>{_html_table(headers, rows)}")
+        headers, rows = noise_table(comparison, metric)
+        if rows:
+            parts.append(f"<h3>Noise</h3>{_html_table(headers, rows)}")
         for name in (plot_name(kind, metric) for kind in PLOT_KINDS):
             if name in plots:
                 data, caption = plots[name]

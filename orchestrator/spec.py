@@ -89,6 +89,28 @@ class Contrast(Strict):
     control: Any = Field(description="The value it is compared against (another of the axis values).")
 
 
+class AdaptiveSeeds(Strict):
+    """Seeds run in batches until the primary contrast is answered (orchestrator/adaptive.py)."""
+
+    min: int = Field(ge=2, description="Seeds of the first batch (>= 2: a spread needs two).")
+    max: int = Field(description="Most seeds the sweep may run (seeds 0 .. max-1).")
+    step: int = Field(2, ge=1, description="Seeds added per batch.")
+    half_width: float = Field(
+        gt=0, description="Stop once the primary contrast's anytime-valid 95% interval is at most +-this wide, in the "
+        "metric's own units (0.05 = 5 points of an accuracy); it also stops once the interval excludes 0."
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> "AdaptiveSeeds":
+        if self.max <= self.min:
+            raise ValueError(f"max ({self.max}) must be above min ({self.min})")
+        return self
+
+
+# The null-control arm: the control cell again with this key set (a seeded 1e-6 jitter of the initial weights).
+NULL_CONTROL_KEY, NULL_CONTROL_VALUE = "model.init_jitter", 1
+
+
 class Distribution(Strict):
     """Where Optuna may sample one trial-config key."""
 
@@ -198,8 +220,17 @@ class SweepSpec(Strict):
         "(no axes: one cell, the base config)."
     )
     seeds: list[Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]] = Field(
-        description="Seeds every cell runs with, e.g. [0, 1, 2] or {count: 5} (= 0..4). Cells share seeds, so "
-        "the arms of a contrast are paired seed by seed."
+        description="Seeds every cell runs with, e.g. [0, 1, 2] or {count: 5} (= 0..4), or {adaptive: {min, max, "
+        "step, half_width}} (batches of seeds 0, 1, ... until the primary contrast is answered). Cells share "
+        "seeds, so the arms of a contrast are paired seed by seed."
+    )
+    adaptive: AdaptiveSeeds | None = Field(
+        None, description="Set by `seeds: {adaptive: {...}}` (not a key of its own): how seeds are added in batches."
+    )
+    null_control: bool = Field(
+        False, description="Also run the control cell of every contrast again with a seeded 1e-6 jitter of its initial "
+        "weights (model.init_jitter): an A/A arm whose difference from the control is the seed-to-seed noise floor "
+        "that the effect is compared against."
     )
     exclude: list[dict[str, Any]] = Field(
         default_factory=list, description="Cells to skip: each entry maps axis keys to values, and drops every cell "
@@ -229,14 +260,30 @@ class SweepSpec(Strict):
     def _slug(cls, v: str) -> str:
         return check_slug(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _adaptive_seeds(cls, data: Any) -> Any:
+        """`seeds: {adaptive: {...}}` -> adaptive (the rule) and seeds (0 .. max-1, the most it may run)."""
+        if not isinstance(data, dict):
+            return data
+        if "adaptive" in data:
+            raise ValueError("adaptive: not a key of its own; write seeds: {adaptive: {min, max, step, half_width}}")
+        seeds = data.get("seeds")
+        if isinstance(seeds, dict) and set(seeds) == {"adaptive"}:
+            rule = seeds["adaptive"]
+            top = rule.get("max") if isinstance(rule, dict) else None
+            count = top if isinstance(top, int) and not isinstance(top, bool) and top >= 1 else 1
+            return {**data, "seeds": list(range(count)), "adaptive": rule}
+        return data
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seed_count(cls, v: Any) -> Any:
         if isinstance(v, dict):
             count = v.get("count")
             if set(v) != {"count"} or not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_SEEDS:
-                raise ValueError(f"give a list of seeds or {{count: N}} with a whole number 1 <= N <= {MAX_SEEDS}"
-                                 + (f" (got {count!r})" if set(v) == {"count"} else ""))
+                raise ValueError(f"give a list of seeds, {{count: N}} with a whole number 1 <= N <= {MAX_SEEDS}, or "
+                                 "{adaptive: {...}}" + (f" (got {count!r})" if set(v) == {"count"} else ""))
             return list(range(count))
         if isinstance(v, list) and len(v) > MAX_SEEDS:
             raise ValueError(f"{len(v)} seeds; at most {MAX_SEEDS} (every cell runs every seed)")
@@ -334,7 +381,7 @@ def resolve(spec: SweepSpec) -> SweepSpec:
 
 def check(spec: SweepSpec) -> list[str]:
     """Every cross-field problem of a resolved spec (the schema has checked each field alone)."""
-    problems = _base_problems(spec) + _scheduler_problems(spec)
+    problems = _base_problems(spec) + _scheduler_problems(spec) + _noise_problems(spec)
     if spec.optuna is None:
         problems += _axes_problems(spec)
         if not problems:
@@ -513,6 +560,22 @@ def _contrast_problems(spec: SweepSpec) -> list[str]:
     return problems
 
 
+def _noise_problems(spec: SweepSpec) -> list[str]:
+    """A null arm and adaptive seeds both serve the contrast, so they need one; the null arm owns its key."""
+    problems = []
+    if spec.adaptive is not None and spec.contrast is None:
+        problems.append("seeds.adaptive: stops on the primary contrast's interval; give a `contrast`")
+    if spec.null_control:
+        if spec.contrast is None:
+            problems.append("null_control: a null arm repeats the control of a contrast; give a `contrast`")
+        section, key = NULL_CONTROL_KEY.split(".")
+        if NULL_CONTROL_KEY in spec.axes:
+            problems.append(f"axes.{NULL_CONTROL_KEY}: null_control sets this key for the null arm; drop the axis")
+        if isinstance(spec.base.get(section), dict) and spec.base[section].get(key) is not None:
+            problems.append(f"base.{NULL_CONTROL_KEY}: null_control sets this key for the null arm; leave it unset")
+    return problems
+
+
 def _scheduler_problems(spec: SweepSpec) -> list[str]:
     if spec.scheduler == "asha" and spec.contrast is not None:
         return [
@@ -640,6 +703,8 @@ def format_spec_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("<") and p.endswith(">"))]
+        if loc[:1] == ["adaptive"]:
+            loc = ["seeds", *loc]  # written as seeds: {adaptive: ...}
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -27,13 +27,19 @@ Interval = tuple[float, float]
 NAN_INTERVAL: Interval = (float("nan"), float("nan"))
 
 
+def t_half_width(x: np.ndarray, level: float = LEVEL) -> np.ndarray:
+    """t(n-1) * s / sqrt(n) along the last axis (many samples at once: the adaptive-seeds simulation)."""
+    x = np.asarray(x, float)
+    n = x.shape[-1]
+    return stats.t.ppf(0.5 + level / 2, n - 1) * x.std(axis=-1, ddof=1) / np.sqrt(n)
+
+
 def t_interval(x: np.ndarray, level: float = LEVEL) -> Interval:
     """mean +- t(n-1) * s / sqrt(n): exact coverage for normal data at any n >= 2."""
     x = np.asarray(x, float)
-    n = len(x)
-    if n < 2:
+    if len(x) < 2:
         return NAN_INTERVAL
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / np.sqrt(n)
+    half = float(t_half_width(x, level))
     return (float(x.mean() - half), float(x.mean() + half))
 
 
@@ -209,6 +215,17 @@ def bootstrap_ratio(
         return point, None
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return point, (float(lo), float(hi))
+
+
+def pairing(t: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+    """How much pairing by seed helped: (Pearson r between the arms across seeds, var(t - c) / (var(t) + var(c))).
+    The ratio is the variance of the paired difference over that of the difference of two independent runs:
+    1 - 2 cov / (var_t + var_c), below 1 when a seed's arms move together, about 1 when they behave as
+    independent runs (pairing then buys nothing)."""
+    t, c = np.asarray(t, float), np.asarray(c, float)
+    vt, vc = np.var(t, ddof=1), np.var(c, ddof=1)
+    r = _ratio(float(np.cov(t, c)[0, 1]), float(np.sqrt(vt * vc)))
+    return r, _ratio(float(np.var(t - c, ddof=1)), float(vt + vc))
 
 
 def sd(x: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ def report_sweep(spec, store: SweepStore, console: Console, json_out: Path | Non
     records, older = split_versions(make_plan(spec), store.records())
     axes = list(spec.axes) if spec.search == "grid" else list(spec.search.optuna.space)
     contrast = (spec.contrast.axis, spec.contrast.treatment, spec.contrast.control) if spec.contrast else None
-    comparison = compare(records, axes=axes, contrast=contrast, metrics=spec.metrics)
+    comparison = compare(records, axes=axes, contrast=contrast, metrics=spec.metrics, adaptive_seeds=spec.adaptive)
     print_report(comparison, console)
     if note := older_note(older):
         console.print(note)

@@ -8,7 +8,7 @@ import re
 
 from etrm.metrics import METRICS, is_fraction, is_variance
 from etrm.status import EXCLUDED
-from orchestrator import stats
+from orchestrator import adaptive, stats
 from orchestrator.compare import ALPHA, Cell, Comparison, ContrastResult
 from orchestrator.spec import show_value
 
@@ -109,6 +109,9 @@ def verdict(r: ContrastResult, comparison: Comparison) -> str:
     if r.scale_ratio is not None:
         seeds += f", implied SD ratio {format_ratio(r.scale_ratio, r.scale_ratio_ci)}"
     p = p_text(r) + (f"; {floor} cannot give p below {r.min_p:.3g}" if r.min_p >= ALPHA else "")
+    if r.ci_anytime is not None:  # adaptive seeds peeked: the anytime interval decides, the fixed-n p is context
+        p = f"anytime-valid CI {format_interval(m, r.ci_anytime, diff=True)}, fixed-n {p}"
+    tail = _null_clause(r) + tail
     if r.significant or (not r.confirmatory and r.diff != 0):
         verb = "raises" if r.diff > 0 else "lowers"
         size = format_value(m, abs(r.diff), diff=True).lstrip("+")
@@ -118,6 +121,54 @@ def verdict(r: ContrastResult, comparison: Comparison) -> str:
         f"{head}{r.treatment_label} vs {r.control_label} on {m}: {format_value(m, r.diff, diff=True)}{unit} {ci}, "
         f"{outcome}, {seeds}{tail}"
     )
+
+
+def _null_clause(r: ContrastResult) -> str:
+    """'; the null arm differs by SD Y: the effect is / is not distinguishable from the noise floor'."""
+    a = r.null
+    if a is None:
+        return ""
+    if a.n < 2 or a.n_vs_null < 2:
+        return f"; null arm: too few seeds to measure the noise floor ({a.n} with the control)"
+    m, unit = r.metric, " points" if is_fraction(r.metric) else ""
+    spread = format_value(m, a.sd, diff=True).lstrip("+")
+    verb = "is" if a.distinguishable else "is not"
+    return (f"; the null arm differs from the control by SD {spread}{unit} per seed: the effect {verb} distinguishable "
+            f"from the noise floor (treatment vs null arm {_p(a.p_vs_null)}, uncorrected)")
+
+
+def noise(r: ContrastResult) -> str:
+    """Pairing efficiency, the smallest detectable effect and the null arm, in plain words ('' without pairs)."""
+    if r.method != "paired sign-flip":
+        return ""
+    m, unit = r.metric, " points" if is_fraction(r.metric) else ""
+    head = f"[{r.context_label}] " if r.context_label else ""
+    n = len(r.paired_seeds)
+    vr, corr = r.variance_ratio, r.correlation
+    if vr is None or not math.isfinite(vr):
+        pairing = "pairing: no spread to measure"
+    elif vr >= 1:
+        pairing = (f"pairing did not help: the arms of a seed correlate r={corr:.2f}, and their paired difference varies "
+                   f"{vr:.2g}x as much as the difference of two independent runs, so each seed pair is as noisy as "
+                   "two unrelated runs")
+    else:
+        how = "helped" if vr < 0.5 else "helped a little"
+        pairing = (f"pairing {how}: the arms of a seed correlate r={corr:.2f}, and their paired difference has {vr:.2g}x "
+                   "the variance of the difference of two independent runs")
+    if math.isinf(r.mde):
+        mde = f"{n} pairs cannot reach p < {r.mde_alpha:.3g} with the exact test: no effect is detectable"
+    elif math.isnan(r.mde):
+        mde = "no smallest detectable effect (no spread)"
+    else:
+        size = format_value(m, r.mde, diff=True).lstrip("+")
+        mde = f"{n} pairs detect a difference of {size}{unit} with 80% power (alpha {r.mde_alpha:.3g})"
+    text = f"{head}{m}: {pairing}; {mde}"
+    if r.null is not None and r.null.n >= 2:
+        a = r.null
+        text += (f"; null arm ({a.label}) - control: {format_value(m, a.diff, diff=True)}{unit} "
+                 f"{format_interval(m, a.ci_t, diff=True)}, SD {format_value(m, a.sd, diff=True).lstrip('+')}{unit} "
+                 f"over {a.n} seeds")
+    return text
 
 
 def verdicts(comparison: Comparison) -> list[str]:
@@ -199,10 +250,34 @@ def rules(comparison: Comparison) -> dict[str, str]:
         "pairs: 0.0625, 6: 0.031), the unpaired permutation test not below 1/C(n_t+n_c, n_t) (2/C when "
         f"n_t = n_c; 3 vs 3 seeds: 0.1). For the smallest paired p to survive Holm over a family of "
         f"{family_size} primary tests needs at least {stats.sign_flip_pairs_needed(ALPHA / max(family_size, 1))} pairs.",
+        "noise": "Pairing: r is the Pearson correlation of the two arms' values across seeds; the variance ratio is "
+        "var(treatment - control) / (var(treatment) + var(control)), the variance of the paired difference over that "
+        "of the difference of two independent runs (1 - 2 cov / (var_t + var_c)): below 1 pairing by seed removed "
+        "noise, about 1 or more it did not (the arms of a seed then behave as unrelated runs). Smallest detectable "
+        "effect (MDE): the difference a two-sided paired t test finds with 80% power given the observed SD of the "
+        "paired differences and n pairs, at alpha 0.05 / (family size) for the primary metric (Holm's first step) "
+        "and 0.05 for the others; infinite while the exact test's floor 2/2^n is not below alpha. It is a slight "
+        "underestimate for the sign-flip test at few seeds."
+        + (" Null arm: the control cell run again with a seeded 1e-6 jitter of its initial weights "
+           "(model.init_jitter); its difference from the control, seed by seed, is what no change does on this "
+           "model. The effect is called distinguishable from this noise floor when the sign-flip test of treatment - "
+           "null arm (same seeds) gives p < 0.05 (uncorrected)."
+           if any(r.null is not None for r in comparison.contrasts) else ""),
         "ratios": "SD ratio: seed-to-seed SD of the treatment / of the control, with a percentile bootstrap CI "
         f"(pairs resampled together) when n >= {b}; approximate, it covers about 90% at 8-20 seeds in "
         "simulation. Variance metrics (" + (", ".join(m for m in metrics if is_variance(m)) or "none here")
         + ") also get the scale ratio "
         "sqrt(mean_t / mean_c): the ratio of standard deviations the metric itself measures.",
     }
+    if comparison.adaptive is not None:
+        a = comparison.adaptive
+        looks = adaptive.looks(a)
+        rules["adaptive"] = (
+            f"Adaptive seeds: batches at {looks} seeds; after each, the primary metric's paired differences give a t "
+            f"interval at level {adaptive.level(a, family_size):.4g} = 1 - 0.05 / ({len(looks)} looks x "
+            f"{max(family_size, 1)} contrasts), so all intervals hold together at every look (alpha spent evenly, "
+            "Bonferroni): stopping on them does not inflate the error. The sweep stops when every interval excludes 0 "
+            f"or is at most +-{a.half_width:g} wide, or at {a.max} seeds. That anytime-valid interval decides "
+            "significance; the fixed-n p-values are shown for context and are not valid after such peeking."
+        )
     return rules
