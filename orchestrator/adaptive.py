@@ -67,5 +67,29 @@ def decide(diffs: list[np.ndarray], n: int, rule: AdaptiveSeeds) -> Decision:
         lo, hi = interval(d, rule, len(diffs)) if len(d) >= 2 else (np.nan, np.nan)
         reasons.append(str(stop_reason(lo, hi, n, rule)))
         intervals.append((float(lo), float(hi)))
-    stop = n >= rule.max or all(r in (EXCLUDES_ZERO, NARROW) for r in reasons)
+    stop = bool(stops(np.array(reasons), n, rule))
     return Decision(n, reasons, intervals, None if stop else min(k for k in looks(rule) if k > n))
+
+
+def stops(reasons: np.ndarray, n: int, rule: AdaptiveSeeds) -> np.ndarray:
+    """Stop when every contrast (last axis of `reasons`) is answered, or at the last look."""
+    return np.isin(reasons, (EXCLUDES_ZERO, NARROW)).all(axis=-1) | (n >= rule.max)
+
+
+def decide_sweep(spec, records: list, n: int) -> Decision:
+    """The decision at the look of n seeds, from the recorded trials of seeds 0 .. n-1: the primary metric's
+    paired differences per contrast, as the comparison computes them (same selection rule, diverged trials
+    with their last finite value)."""
+    from orchestrator.compare import compare  # not at import: the driver loads SciPy only once trials ran
+
+    c = spec.contrast
+    comparison = compare([r for r in records if r.seed < n], axes=list(spec.axes),
+                         contrast=(c.axis, c.treatment, c.control), metrics=[spec.metrics[0]])
+    diffs = []
+    for r in comparison.contrasts:
+        if r.method != "paired sign-flip":
+            diffs.append(np.array([]))  # no pairs yet: undecided
+            continue
+        t, c_ = (comparison.cell(cid).metrics[r.metric].values for cid in (r.treatment_cell, r.control_cell))
+        diffs.append(np.array([t[s] - c_[s] for s in r.paired_seeds]))
+    return decide(diffs, n, spec.adaptive)

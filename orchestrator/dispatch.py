@@ -236,13 +236,14 @@ class Search:
         return self.total - self.done
 
 
-def grid_search(plan: Plan, done: set[str]) -> Search:
-    by_id = {t.trial_id: t for t in plan.trials}
-    pending = plan.pending(done)
+def grid_search(trials: list[PlannedTrial], done: set[str]) -> Search:
+    """The planned `trials` not yet done, as one Tune grid."""
+    by_id = {t.trial_id: t for t in trials}
+    pending = [t for t in trials if t.trial_id not in done]
     space = {"trial": tune.grid_search([{"trial_id": t.trial_id, "config": t.config.model_dump(mode="json")}
                                         for t in pending])}
-    return Search(space, None, 1, lambda params: by_id[params["trial"]["trial_id"]], len(plan.trials),
-                  len(plan.trials) - len(pending), pending)
+    return Search(space, None, 1, lambda params: by_id[params["trial"]["trial_id"]], len(trials),
+                  len(trials) - len(pending), pending)
 
 
 def optuna_search(spec: SweepSpec, store: SweepStore) -> Search:
@@ -354,45 +355,84 @@ def _launch_locked(ctx: SweepContext, spec_text: str, plan: Plan, store: SweepSt
         console.print(line)
     done = store.done_trial_ids()
     _log_launch(store, parent, spec_text, plan, done)
-    search = grid_search(plan, done) if spec.search == "grid" else optuna_search(spec, store)
     job = f"job {ray.get_runtime_context().get_job_id()}" + (
         "" if address else f"; it asks for the token in {ctx.workspace.ray_token}")
-    console.print(f"[bold]{spec.name}[/]: {search.total} trials, {search.done} already done, "
-                  f"{search.remaining} to run · Ray dashboard {dashboard} ({job})", soft_wrap=True)  # one line in a log
+    console.print(f"[bold]{spec.name}[/]: {plan.summary()} · Ray dashboard {dashboard} ({job})",
+                  soft_wrap=True)  # one line in a log
+    if spec.search != "grid":
+        search = optuna_search(spec, store)
+        _fit(spec, ctx, store, parent, plan, search, console)
+        total, unfinished = search.total, max(0, search.total - len(store.done_trial_ids()))
+    else:
+        if spec.adaptive is not None:
+            needed = _adaptive_seeds(spec, ctx, store, parent, plan, done, console)
+        else:
+            needed = plan.trials
+            _fit(spec, ctx, store, parent, plan, grid_search(needed, done), console)
+        done = store.done_trial_ids()
+        total, unfinished = len(needed), sum(t.trial_id not in done for t in needed)
+    store.close_sweep(parent, "FAILED" if unfinished else "FINISHED")
+    return SweepOutcome(total, unfinished, dashboard, local_ray=not address)
 
+
+def _fit(spec: SweepSpec, ctx: SweepContext, store: SweepStore, parent: str, plan: Plan, search: Search,
+         console: Console) -> None:
+    """Run the search's trials on Ray Tune, with the live progress table, until every one has ended."""
+    console.print(f"{search.total} trials, {search.done} already done, {search.remaining} to run")
+    if not search.remaining:
+        return
     metric, _ = spec.primary_metric()
     progress = SweepProgress(console, metric)
     for t in search.to_run:
         progress.add(t.trial_id, f"{t.cell_label} s{t.seed}", t.config.train.steps)
-    journal = TrackingJournal(store, parent, journal_path, spec.tracking.give_up_after,
+    journal = TrackingJournal(store, parent, ctx.workspace.journal / f"{spec.name}.jsonl", spec.tracking.give_up_after,
                               lambda text: console.print(f"[yellow]{text}"))
-    if search.remaining:
-        resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, resources),
-            param_space={**search.space, "checkpoint_root": ctx.checkpoint_root,
-                         "cpus_per_trial": spec.resources.cpu, "score_metric": metric},
-            tune_config=tune.TuneConfig(num_samples=search.num_samples, search_alg=search.searcher,
-                                        scheduler=_scheduler(spec, plan), max_concurrent_trials=spec.max_concurrent,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=spec.cluster.storage or str(ctx.workspace.ray_results),
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                callbacks=[tracking := TrackingCallback(journal, search.resolve, progress), JsonLoggerCallback()],
-                stop=GiveUpStopper(journal), verbose=0),
-        )
-        with progress:
-            try:
-                tuner.fit()
-            finally:
-                tracking.mark_interrupted()
-        console.print()
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu, **spec.resources.custom}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        param_space={**search.space, "checkpoint_root": ctx.checkpoint_root,
+                     "cpus_per_trial": spec.resources.cpu, "score_metric": metric},
+        tune_config=tune.TuneConfig(num_samples=search.num_samples, search_alg=search.searcher,
+                                    scheduler=_scheduler(spec, plan), max_concurrent_trials=spec.max_concurrent,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=spec.cluster.storage or str(ctx.workspace.ray_results),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            callbacks=[tracking := TrackingCallback(journal, search.resolve, progress), JsonLoggerCallback()],
+            stop=GiveUpStopper(journal), verbose=0),
+    )
+    with progress:
+        try:
+            tuner.fit()
+        finally:
+            tracking.mark_interrupted()
+    console.print()
     journal.close()  # every record in the store, or TrackingUnavailable once one waited give_up_after
-    done = store.done_trial_ids()
-    unfinished = len(plan.pending(done)) if spec.search == "grid" else max(0, search.total - len(done))
-    store.close_sweep(parent, "FAILED" if unfinished else "FINISHED")
-    return SweepOutcome(search.total, unfinished, dashboard, local_ray=not address)
+
+
+def _adaptive_seeds(spec: SweepSpec, ctx: SweepContext, store: SweepStore, parent: str, plan: Plan,
+                    done: set[str], console: Console) -> list[PlannedTrial]:
+    """Seed batches until the primary contrast is answered (orchestrator/adaptive.py). Every look is recomputed
+    from MLflow, so a relaunch walks the batches already done without running them and decides alike.
+    Returns the trials of the seeds it ran to: those the sweep needed."""
+    rule, n = spec.adaptive, spec.adaptive.min
+    while True:
+        trials = [t for t in plan.trials if t.seed < n]  # adaptive seeds are 0 .. max-1
+        console.print(f"adaptive seeds: the batch up to {n} of at most {rule.max} seeds")
+        _fit(spec, ctx, store, parent, plan, grid_search(trials, done), console)
+        done = store.done_trial_ids()
+        if any(t.trial_id not in done for t in trials):
+            console.print("adaptive seeds: a trial of this batch did not finish; no more seeds until it does")
+            return trials
+        from orchestrator.adaptive import decide_sweep  # statistics: only once trials have run
+        from orchestrator.wording import describe_decision
+
+        decision = decide_sweep(spec, store.records([spec.metrics[0]]), n)
+        console.print(describe_decision(decision, spec))
+        if decision.next_n is None:
+            return trials
+        n = decision.next_n
 
 
 def _left_to_run(spec: SweepSpec, plan: Plan, done: set[str]) -> bool:

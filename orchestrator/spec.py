@@ -266,9 +266,9 @@ class SweepSpec(Strict):
         """`seeds: {adaptive: {...}}` -> adaptive (the rule) and seeds (0 .. max-1, the most it may run)."""
         if not isinstance(data, dict):
             return data
-        if "adaptive" in data:
-            raise ValueError("adaptive: not a key of its own; write seeds: {adaptive: {min, max, step, half_width}}")
         seeds = data.get("seeds")
+        if data.get("adaptive") is not None and not isinstance(seeds, list):
+            raise ValueError("adaptive: not a key of its own; write seeds: {adaptive: {min, max, step, half_width}}")
         if isinstance(seeds, dict) and set(seeds) == {"adaptive"}:
             rule = seeds["adaptive"]
             top = rule.get("max") if isinstance(rule, dict) else None
@@ -563,8 +563,12 @@ def _contrast_problems(spec: SweepSpec) -> list[str]:
 def _noise_problems(spec: SweepSpec) -> list[str]:
     """A null arm and adaptive seeds both serve the contrast, so they need one; the null arm owns its key."""
     problems = []
-    if spec.adaptive is not None and spec.contrast is None:
-        problems.append("seeds.adaptive: stops on the primary contrast's interval; give a `contrast`")
+    if spec.adaptive is not None:
+        if spec.contrast is None:
+            problems.append("seeds.adaptive: stops on the primary contrast's interval; give a `contrast`")
+        if spec.seeds != list(range(spec.adaptive.max)):  # a stored spec (model_dump) reads back; nothing else
+            problems.append("adaptive: not a key of its own; write seeds: {adaptive: {min, max, step, half_width}} "
+                            "(it runs seeds 0 .. max-1)")
     if spec.null_control:
         if spec.contrast is None:
             problems.append("null_control: a null arm repeats the control of a contrast; give a `contrast`")

@@ -171,6 +171,20 @@ def noise(r: ContrastResult) -> str:
     return text
 
 
+def describe_decision(decision: adaptive.Decision, spec) -> str:
+    """What the adaptive-seeds rule saw at a look and what it does next, for the launch's output."""
+    m, rule = spec.metrics[0], spec.adaptive
+    seen = "; ".join(
+        f"{format_interval(m, ci, diff=True)} ({why})" for ci, why in zip(decision.intervals, decision.reasons)
+    )
+    head = f"adaptive seeds: after {decision.n} seeds, {m} difference, anytime-valid 95% CI {seen or 'none'}"
+    if decision.next_n is not None:
+        return f"{head}: not yet answered (+-{rule.half_width:g} wanted); running seeds up to {decision.next_n}"
+    if all(r in (adaptive.EXCLUDES_ZERO, adaptive.NARROW) for r in decision.reasons):
+        return f"{head}: answered, stopping at {decision.n} of at most {rule.max} seeds"
+    return f"{head}: stopping at the most seeds the spec allows ({rule.max}), not answered"
+
+
 def verdicts(comparison: Comparison) -> list[str]:
     return [verdict(r, comparison) for r in comparison.contrasts]
 

@@ -283,3 +283,86 @@ def test_runs_of_different_code_versions_are_flagged_in_every_verdict_they_touch
     comp = compare(mixed, axes=[FN], contrast=CONTRAST, metrics=METRICS)
     assert comp.cell("cell-True").code_versions == [sha_a, sha_b + "-dirty"]
     assert all(f"runs from 2 code versions ({'a' * 10}, {'b' * 10}-dirty)" in v for v in verdicts(comp)), verdicts(comp)
+
+
+NULL = "model.init_jitter"
+
+
+def _null_sweep(t_acc: list[float], c_acc: list[float], n_acc: list[float]) -> list[TrialRecord]:
+    """final_norm true / false plus the null arm (the control again with init_jitter=1), one value per seed."""
+    arms = (({FN: True}, t_acc), ({FN: False}, c_acc), ({FN: False, NULL: 1}, n_acc))
+    return [trial(variant, s, [a], [1.0 - a]) for variant, accs in arms for s, a in enumerate(accs)]
+
+
+# the arms of a seed move apart independently: the chaotic regime of issue 10
+T_IND = [0.55, 0.20, 0.45, 0.30, 0.60, 0.25, 0.50, 0.35]
+C_IND = [0.25, 0.50, 0.30, 0.45, 0.20, 0.55, 0.35, 0.40]
+N_IND = [0.40, 0.30, 0.55, 0.20, 0.45, 0.35, 0.25, 0.50]
+
+
+def test_null_arm_pairing_and_mde_when_pairing_does_not_help():
+    from orchestrator import power
+    from orchestrator.wording import noise
+
+    comp = compare(_null_sweep(T_IND, C_IND, N_IND), axes=[FN], contrast=CONTRAST, metrics=[ACC, LOSS])
+    assert len(comp.cells) == 3 and len(comp.contrasts) == 2 and comp.family_size == 1  # the null arm: no contrast
+    null_cell = next(c for c in comp.cells if NULL in c.variant)
+    assert null_cell.label == "final_norm=false, init_jitter=1"
+    r = next(r for r in comp.contrasts if r.metric == ACC)
+    t, c, n = map(np.array, (T_IND, C_IND, N_IND))
+    assert r.null.cell == null_cell.cell_id and r.null.n == 8 and r.null.n_vs_null == 8
+    assert r.null.diff == pytest.approx(np.mean(n - c)) and r.null.sd == pytest.approx(np.std(n - c, ddof=1))
+    assert r.null.p_vs_null == pytest.approx(stats.sign_flip_test(t - n, np.random.default_rng(0)))
+    assert (r.correlation, r.variance_ratio) == pytest.approx(stats.pairing(t, c))
+    assert r.correlation < 0 and r.variance_ratio > 1
+    assert r.mde == pytest.approx(power.mde(np.std(t - c, ddof=1), 8, 0.05)) and r.mde_alpha == 0.05
+
+    said = verdict(r, comp)
+    sd = f"{100 * r.null.sd:.1f}"
+    assert f"the null arm differs from the control by SD {sd} points per seed: the effect is not distinguishable" in said
+    words = noise(r)
+    assert words.startswith("eval/exact_accuracy: pairing did not help: the arms of a seed correlate r=-")
+    assert f"8 pairs detect a difference of {100 * r.mde:.1f} points with 80% power" in words
+    assert "null arm (final_norm=false, init_jitter=1) - control" in words
+
+    data = to_dict(comp)
+    out = data["contrasts"][0]
+    assert out["null"]["sd"] == pytest.approx(r.null.sd) and out["null"]["distinguishable"] is False
+    assert out["correlation"] == pytest.approx(r.correlation) and out["noise"] == words
+    assert "null arm" in data["rules"]["noise"].lower()
+    console = Console(record=True, width=2000)
+    print_report(comp, console)
+    text = console.export_text()
+    assert "Noise: did pairing help" in text and words in text and "null SD" in text
+    assert "null SD" in to_markdown(comp) and words in to_markdown(comp)
+
+
+def test_null_arm_when_pairing_helps_and_the_effect_stands_out():
+    from orchestrator.wording import noise
+
+    offset = [0.1 * k for k in (3, 1, 4, 1, 5, 9, 2, 6)]  # seeds differ a lot, arms of a seed move together
+    wobble = [0.004, -0.003, 0.002, -0.001, 0.003, -0.004, 0.001, -0.002]
+    c = [o + w for o, w in zip(offset, wobble)]
+    n = [o - w for o, w in zip(offset, wobble)]
+    t = [o + 0.05 + w / 2 for o, w in zip(offset, wobble)]
+    comp = compare(_null_sweep(t, c, n), axes=[FN], contrast=CONTRAST, metrics=[ACC])
+    r = comp.contrasts[0]
+    assert r.variance_ratio < 0.01 and r.correlation > 0.99
+    assert r.null.p_vs_null == pytest.approx(2 / 256) and r.null.distinguishable
+    assert "the effect is distinguishable from the noise floor" in verdict(r, comp)
+    assert noise(r).startswith("eval/exact_accuracy: pairing helped: ")
+
+
+def test_adaptive_seeds_quote_the_anytime_interval():
+    from orchestrator import adaptive
+    from orchestrator.spec import AdaptiveSeeds
+
+    rule = AdaptiveSeeds(min=4, max=8, step=2, half_width=0.01)
+    records = _grid(8, 0.125)
+    comp = compare(records, axes=[FN, TYPE], contrast=CONTRAST, metrics=[ACC], adaptive_seeds=rule)
+    r = next(r for r in comp.contrasts if r.context == {TYPE: "standard"})
+    t, c = (np.array(list(comp.cell(cid).metrics[ACC].values.values())) for cid in (r.treatment_cell, r.control_cell))
+    assert r.ci_anytime == pytest.approx(tuple(adaptive.interval(t - c, rule, 2)))
+    assert r.ci_anytime[0] < r.ci_t[0] and r.significant  # wider than the fixed-n interval, still above 0
+    assert "anytime-valid CI [" in verdict(r, comp) and "adaptive" in rules(comp)
+    assert to_dict(comp)["adaptive"]["half_width"] == 0.01

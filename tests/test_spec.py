@@ -132,7 +132,23 @@ CASES = [
     ("seeds-duplicated", edit("seeds", [0, 1, 1]), "seeds: seed 1 appears more than once"),
     ("seeds-negative", edit("seeds", [0, -1]), "seeds[1]: Input should be greater than or equal to 0"),
     ("seeds-not-integers", edit("seeds", [0, 1.5]), "seeds[1]: Input should be a valid integer"),
-    ("seed-count-zero", edit("seeds", {"count": 0}), "seeds: give a list of seeds or {count: N}"),
+    ("seed-count-zero", edit("seeds", {"count": 0}), "seeds: give a list of seeds, {count: N}"),
+    ("adaptive-max-below-min", edit("seeds", {"adaptive": {"min": 4, "max": 4, "half_width": 0.05}}),
+     "seeds.adaptive: max (4) must be above min (4)"),
+    ("adaptive-min-one", edit("seeds", {"adaptive": {"min": 1, "max": 4, "half_width": 0.05}}),
+     "seeds.adaptive.min: Input should be greater than or equal to 2"),
+    ("adaptive-no-half-width", edit("seeds", {"adaptive": {"min": 2, "max": 4}}), "seeds.adaptive.half_width: Field required"),
+    ("adaptive-unknown-key", edit("seeds", {"adaptive": {"min": 2, "max": 4, "half_width": 0.1, "mx": 3}}),
+     "seeds.adaptive.mx: unknown key"),
+    ("adaptive-top-level", edit("adaptive", {"min": 2, "max": 4, "half_width": 0.1}), "adaptive: not a key of its own"),
+    ("adaptive-without-contrast", both(edit("seeds", {"adaptive": {"min": 2, "max": 4, "half_width": 0.1}}),
+                                       edit("contrast", delete=True)), "seeds.adaptive: stops on the primary contrast"),
+    ("null-control-without-contrast", both(edit("null_control", True), edit("contrast", delete=True)),
+     "null_control: a null arm repeats the control of a contrast"),
+    ("null-control-key-as-axis", both(edit("null_control", True), edit("axes/model.init_jitter", [1, 2])),
+     "axes.model.init_jitter: null_control sets this key"),
+    ("null-control-key-in-base", both(edit("null_control", True), edit("base/model/init_jitter", 3)),
+     "base.model.init_jitter: null_control sets this key"),
     ("exclude-non-axis", edit("exclude", [{"model.hidden_size": 32}]), "exclude[0].model.hidden_size: not an axis"),
     ("exclude-value-not-an-axis-value", edit("exclude", [{"model.encoder.type": "standard"}]),
      "exclude[0].model.encoder.type: 'standard' is not one of the axis values"),
@@ -276,6 +292,20 @@ def test_defaults_and_shorthands():
     assert parse_spec(spec.model_dump()) == spec  # a stored spec reads back unchanged
 
 
+def test_adaptive_seeds_and_null_control():
+    tree = copy.deepcopy(VALID) | {"seeds": {"adaptive": {"min": 3, "max": 9, "step": 3, "half_width": 0.05}},
+                                   "null_control": True}
+    spec = parse_spec(tree)
+    assert spec.seeds == list(range(9)) and spec.adaptive.step == 3 and spec.null_control
+    assert parse_spec(spec.model_dump()) == spec
+    plan = make_plan(spec)
+    null = [t for t in plan.trials if "model.init_jitter" in t.variant]
+    controls = [c for c in spec.cells() if c["model.encoder.final_norm"] is False]
+    assert len(null) == len(controls) * 9  # every control cell has its null arm, every seed
+    assert all(t.config.model.init_jitter == 1 and t.variant["model.encoder.final_norm"] is False for t in null)
+    assert "up to 9 seeds (adaptive: 3, then +3)" in plan.summary() and "null-control" in plan.summary()
+
+
 def test_no_axes_is_one_cell_of_the_base_config():
     tree = {"name": "baseline", "seeds": [0, 1]}
     spec = parse_spec(tree)
@@ -342,7 +372,7 @@ from orchestrator.plan import make_plan
 from orchestrator.spec import load_spec
 for path in ("sweeps/demo.yaml", "sweeps/norm-fix.yaml", "sweeps/full-ablation.yaml"):
     spec = load_spec(path)
-    grid_search(make_plan(spec), set())
+    grid_search(make_plan(spec).trials, set())
     spec.primary_metric()
 print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "scipy", "matplotlib", "mlflow"}))
 """
