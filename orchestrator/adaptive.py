@@ -80,16 +80,10 @@ def decide_sweep(spec, records: list, n: int) -> Decision:
     """The decision at the look of n seeds, from the recorded trials of seeds 0 .. n-1: the primary metric's
     paired differences per contrast, as the comparison computes them (same selection rule, diverged trials
     with their last finite value)."""
-    from orchestrator.compare import compare  # not at import: the driver loads SciPy only once trials ran
+    from orchestrator.compare import compare  # here, not at the top: compare imports this module
 
     c = spec.contrast
     comparison = compare([r for r in records if r.seed < n], axes=list(spec.axes),
                          contrast=(c.axis, c.treatment, c.control), metrics=[spec.metrics[0]])
-    diffs = []
-    for r in comparison.contrasts:
-        if r.method != "paired sign-flip":
-            diffs.append(np.array([]))  # no pairs yet: undecided
-            continue
-        t, c_ = (comparison.cell(cid).metrics[r.metric].values for cid in (r.treatment_cell, r.control_cell))
-        diffs.append(np.array([t[s] - c_[s] for s in r.paired_seeds]))
+    diffs = [comparison.paired_differences(r) for r in comparison.contrasts]  # none yet: undecided
     return decide(diffs, n, spec.adaptive)

@@ -94,17 +94,64 @@ def validate(spec: SpecArg) -> None:
 
 
 @app.command("plan")
-def plan_command(spec: SpecArg) -> None:
-    """Show the trials a spec asks for: one row per cell, its seeds, trial ids and what has finished.
+def plan_command(
+    spec: SpecArg,
+    sd: Annotated[float | None, typer.Option("--sd", metavar="SD", show_default=False, min=0,
+                                             help="Seed-to-seed SD of the primary metric's paired difference, in the "
+                                                  "metric's own units (0.18 = 18 points of an accuracy): a guess.")] = None,
+    pilot: Annotated[str | None, typer.Option("--pilot", metavar="NAME", show_default=False,
+                                              help="Take the SD from this recorded sweep (a pilot); default: the "
+                                                   "spec's own sweep, once it has paired seeds.")] = None,
+    effect: Annotated[float | None, typer.Option("--effect", metavar="E", show_default=False,
+                                                 help="Also print the seeds needed to detect a difference of E "
+                                                      "(metric units) with 80% power.")] = None,
+) -> None:
+    """Show the trials a spec asks for: one row per cell, its seeds, trial ids and what has finished,
+    and what the planned seeds can detect.
 
     Trial ids are hashes of the resolved trial config (seed included, logging and checkpoint frequencies
     and threads left out), so relaunching a sweep, or
     adding seeds or axis values, keeps the ids of trials already planned: only the new ones run.
+    With a spread (--sd, --pilot, or the sweep's own finished seeds) it prints the smallest effect the
+    planned seeds detect with 80% power on the primary metric, and the seeds a target effect needs.
     """
-    with user_errors():
+    with sweep_errors():
         sweep = load_spec(spec)
         plan = make_plan(sweep)
-    Console().print(render_plan(plan, _finished_trial_ids(sweep)))
+        spread = (sd, "--sd") if sd is not None else _recorded_spread(sweep, pilot)
+    console = Console()
+    console.print(render_plan(plan, _finished_trial_ids(sweep)))
+    if sweep.contrast is not None:
+        from orchestrator.wording import power_lines  # SciPy: only for this part
+
+        for line in power_lines(sweep, plan, spread, effect):
+            console.print(line)
+
+
+def _recorded_spread(spec: SweepSpec, pilot: str | None) -> tuple[float, str] | None:
+    """The largest SD of the primary metric's paired differences over the contrasts of a recorded sweep
+    (--pilot NAME, else this spec's own), with where it came from; None before it has two pairs."""
+    from orchestrator.workspace import SweepContext, Workspace
+
+    ctx = SweepContext.for_name(pilot) if pilot else SweepContext(spec, Workspace.default())
+    source = ctx.spec
+    if source.contrast is None or source.search != "grid":
+        raise LookupError(f"sweep {source.name!r} has no contrast to take a spread from")
+    if ctx.embedded and not ctx.workspace.database.exists():
+        return None
+    store = ctx.store()
+    if store.parent_run_id() is None:
+        return None
+    from orchestrator.compare import compare
+
+    metric, c = spec.metrics[0], source.contrast
+    comparison = compare(store.records([metric]), axes=list(source.axes), contrast=(c.axis, c.treatment, c.control),
+                         metrics=[metric])
+    diffs = [d for d in map(comparison.paired_differences, comparison.contrasts) if len(d) >= 2]
+    if not diffs:
+        return None
+    worst = max(diffs, key=lambda d: d.std(ddof=1))
+    return float(worst.std(ddof=1)), f"sweep {source.name}, {len(worst)} pairs"
 
 
 def _finished_trial_ids(spec: SweepSpec) -> set[str]:

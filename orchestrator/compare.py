@@ -158,6 +158,13 @@ class Comparison:
     def cell(self, cell_id: str) -> Cell:
         return {c.cell_id: c for c in self.cells}[cell_id]
 
+    def paired_differences(self, r: ContrastResult) -> np.ndarray:
+        """treatment - control per paired seed ([] when the contrast is not paired)."""
+        if r.method != "paired sign-flip":
+            return np.array([])
+        t, c = _paired(r, {c.cell_id: c for c in self.cells})
+        return t - c
+
     def to_dict(self) -> dict[str, Any]:
         """The numbers, JSON-safe: non-finite floats become None, seed keys become strings."""
         d = asdict(self) | {"adaptive": self.adaptive.model_dump() if self.adaptive else None}
@@ -408,13 +415,17 @@ def _null_arm(metric: str, t_cell: Cell | None, c_cell: Cell, n_cell: Cell, rng:
     )  # fmt: skip
 
 
+def _paired(r: ContrastResult, cells: dict[str, Cell]) -> tuple[np.ndarray, np.ndarray]:
+    """(treatment, control) values of a paired contrast, seed by seed."""
+    vt, vc = (cells[cid].metrics[r.metric].values for cid in (r.treatment_cell, r.control_cell))
+    return np.array([vt[s] for s in r.paired_seeds]), np.array([vc[s] for s in r.paired_seeds])
+
+
 def _noise(r: ContrastResult, cells: dict[str, Cell], family_size: int, rule: AdaptiveSeeds | None) -> None:
     """Pairing efficiency, the MDE at the test's alpha, and (adaptive seeds) the anytime interval, in place."""
     if r.method != "paired sign-flip":
         return
-    vt = cells[r.treatment_cell].metrics[r.metric].values
-    vc = cells[r.control_cell].metrics[r.metric].values
-    t, c = (np.array([v[s] for s in r.paired_seeds]) for v in (vt, vc))
+    t, c = _paired(r, cells)
     r.correlation, r.variance_ratio = stats.pairing(t, c)
     r.mde_alpha = ALPHA / max(family_size, 1) if r.confirmatory else ALPHA
     r.mde = power.mde(float(np.std(t - c, ddof=1)), len(t), r.mde_alpha)

@@ -8,7 +8,7 @@ import re
 
 from etrm.metrics import METRICS, is_fraction, is_variance
 from etrm.status import EXCLUDED
-from orchestrator import adaptive, stats
+from orchestrator import adaptive, power, stats
 from orchestrator.compare import ALPHA, Cell, Comparison, ContrastResult
 from orchestrator.spec import show_value
 
@@ -183,6 +183,31 @@ def describe_decision(decision: adaptive.Decision, spec) -> str:
     if all(r in (adaptive.EXCLUDES_ZERO, adaptive.NARROW) for r in decision.reasons):
         return f"{head}: answered, stopping at {decision.n} of at most {rule.max} seeds"
     return f"{head}: stopping at the most seeds the spec allows ({rule.max}), not answered"
+
+
+def power_lines(spec, plan, spread: tuple[float, str] | None, effect: float | None) -> list[str]:
+    """`etrm-sweep plan`: what the planned seeds detect on the primary metric, and what a target effect needs."""
+    m, unit = spec.metrics[0], " points" if is_fraction(spec.metrics[0]) else ""
+    contrasts = sum(cell[spec.contrast.axis] == spec.contrast.treatment for cell in spec.cells())
+    alpha = ALPHA / max(contrasts, 1)
+    size = lambda x: format_value(m, x, diff=True).lstrip("+") + unit  # noqa: E731
+    lines = [f"Power on {m} (the primary metric): paired t test, 80% power, alpha {alpha:.3g} "
+             f"(0.05 over {contrasts} contrast{'s' * (contrasts != 1)}, Holm's first step)"]
+    if spread is None:
+        return lines + ["  no spread known yet: give --sd (a guess) or --pilot NAME (a recorded sweep), or rerun "
+                        "`plan` once the sweep has finished seeds"]
+    sd, source = spread
+    lines.append(f"  SD of a seed's paired difference: {size(sd)} ({source})")
+    counts = [spec.adaptive.min, spec.adaptive.max] if spec.adaptive else [len(spec.seeds)]
+    for n in counts:
+        mde = power.mde(sd, n, alpha)
+        lines.append(f"  {n} seeds detect a difference of {size(mde)}" if math.isfinite(mde) else
+                     f"  {n} seeds cannot reach p < {alpha:.3g} with the exact sign-flip test: no effect is detectable")
+    for target in [effect] if effect is not None else [2 * sd, sd, sd / 2]:
+        needed = power.seeds_needed(target, sd, alpha)
+        lines.append(f"  a difference of {size(target)} needs "
+                     + (f"{needed} seeds" if needed else f"more than {power.MAX_SEEDS} seeds"))
+    return lines
 
 
 def verdicts(comparison: Comparison) -> list[str]:
