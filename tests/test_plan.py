@@ -203,7 +203,9 @@ def test_shipped_sweeps_are_the_intended_experiments():
     assert len(demo.spec.seeds) >= 3 and demo.spec.max_concurrent == 2 and demo.spec.resources.gpu == 0
     assert all(t.config.model.encoder.type == "hybrid_standard" and t.config.model.encoder.norm_style == "pre"
                and t.config.data.source == "synthetic" for t in demo.trials)
-    assert len(demo.trials) == 12  # 6 seeds: the fewest with which the exact paired test can reach p < 0.05
+    assert len(demo.trials) == 18  # 6 seeds (the fewest for which the exact paired test reaches p < 0.05) x 3 arms
+    null = [t for t in demo.trials if t.config.model.init_jitter is not None]
+    assert len(null) == 6 and all(not t.config.model.encoder.final_norm for t in null)  # the control, jittered
     m = demo.trials[0].config.model  # the real loop: recursion and ACT, not one pass
     assert m.H_cycles >= 2 and m.L_cycles >= 2 and m.halt_max_steps >= 2 and m.halt_exploration_prob > 0
     # the scale-free variance and the gradient spikes are compared, next to the raw variance
@@ -214,7 +216,7 @@ def test_shipped_sweeps_are_the_intended_experiments():
     norm_fix = make_plan(load_spec(ROOT / "sweeps" / "norm-fix.yaml"))
     arms = {(t.config.model.encoder.type, t.config.model.encoder.kl_weight) for t in norm_fix.trials}
     assert arms == {("hybrid_standard", 0.0), ("hybrid_variational", 0.0), ("hybrid_variational", 1.0e-4)}
-    assert len(norm_fix.trials) == 3 * 2 * 5
+    assert len(norm_fix.trials) == 3 * (2 + 1) * 5  # each experiment: fix, no fix, and the null arm of no fix
     c = norm_fix.trials[0].config
     assert (c.model.hidden_size, c.model.num_heads, c.model.H_cycles, c.model.halt_max_steps, c.data.grid_size,
             c.data.source, c.train.batch_size, norm_fix.spec.resources.gpu) == (512, 8, 3, 16, 30, "arc-agi-1", 768, 1)
