@@ -64,7 +64,7 @@ class Plan:
         seeds = f"up to {rule.max} seeds (adaptive: {rule.min}, then +{rule.step})" if rule else f"{len(self.spec.seeds)} seeds"
         text = f"{len(self.cells)} cells x {seeds} = {'up to ' if rule else ''}{len(self.trials)} trials"
         notes = [f"{self.excluded_cells} cells excluded"] * bool(self.excluded_cells)
-        notes += [f"{self.null_cells} null-control cells"] * bool(self.null_cells)
+        notes += [f"{self.null_cells} null-control cell{'s' * (self.null_cells != 1)}"] * bool(self.null_cells)
         return text + (f" ({', '.join(notes)})" if notes else "")
 
     @property

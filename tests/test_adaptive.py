@@ -75,3 +75,27 @@ def test_looks_levels_and_decide():
     assert adaptive.decide([np.array([]), clear], 3, rule).reasons[0] == adaptive.GOING_ON  # no pairs yet
     lo, hi = adaptive.interval(clear, rule, 2)
     assert first.intervals[0] == pytest.approx((lo, hi))
+
+
+def test_decide_sweep_reads_the_first_n_seeds_of_the_recorded_trials():
+    """The launch's decision from TrialRecords as MLflow gives them: seeds beyond the look are ignored."""
+    from orchestrator.records import TrialRecord
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec({"name": "a", "axes": {"model.encoder.final_norm": [True, False]},
+                       "seeds": {"adaptive": {"min": 3, "max": 6, "step": 3, "half_width": 0.01}},
+                       "contrast": {"axis": "model.encoder.final_norm", "treatment": True, "control": False},
+                       "metrics": ["train/lm_loss"]})
+
+    def record(fn: bool, seed: int, loss: float) -> TrialRecord:
+        return TrialRecord(f"t{fn}{seed}", f"c{fn}", seed, {"model.encoder.final_norm": fn}, "finished",
+                           {"train/lm_loss": loss}, {"train/lm_loss": [(1, loss)]}, f"r{fn}{seed}")
+
+    clear = [record(True, s, 1.0 + 0.01 * s) for s in range(3)] + [record(False, s, 2.0) for s in range(3)]
+    late = [record(True, 3, 9.0), record(False, 3, 0.0)]  # a seed past the look: must not count
+    decision = adaptive.decide_sweep(spec, clear + late, 3)
+    assert decision.reasons == [adaptive.EXCLUDES_ZERO] and decision.next_n is None
+    lo, hi = adaptive.interval(np.array([-1.0, -0.99, -0.98]), spec.adaptive)
+    assert decision.intervals == [pytest.approx((lo, hi))]
+    vague = [record(True, s, 2.0 + (-1) ** s) for s in range(3)] + [record(False, s, 2.0) for s in range(3)]
+    assert adaptive.decide_sweep(spec, vague, 3).next_n == 6
