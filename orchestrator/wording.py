@@ -132,9 +132,15 @@ def _null_clause(r: ContrastResult) -> str:
         return f"; null arm: too few seeds to measure the noise floor ({a.n} with the control)"
     m, unit = r.metric, " points" if is_fraction(r.metric) else ""
     spread = format_value(m, a.sd, diff=True).lstrip("+")
+    head = f"; the null arm differs from the control by SD {spread}{unit} per seed"
+    if a.sd > 0 and math.isfinite(r.diff):
+        head += f" (the effect is {abs(r.diff) / a.sd:.3g} times that)"
+    floor = stats.min_sign_flip_p(a.n_vs_null)
+    if floor >= ALPHA:
+        return f"{head}: {a.n_vs_null} seeds are too few to test the effect against it (p cannot go below {floor:.3g})"
     verb = "is" if a.distinguishable else "is not"
-    return (f"; the null arm differs from the control by SD {spread}{unit} per seed: the effect {verb} distinguishable "
-            f"from the noise floor (treatment vs null arm {_p(a.p_vs_null)}, uncorrected)")
+    return (f"{head}: the effect {verb} distinguishable from the noise floor "
+            f"(treatment vs null arm {_p(a.p_vs_null)}, uncorrected)")
 
 
 def noise(r: ContrastResult) -> str:

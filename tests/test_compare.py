@@ -319,7 +319,11 @@ def test_null_arm_pairing_and_mde_when_pairing_does_not_help():
 
     said = verdict(r, comp)
     sd = f"{100 * r.null.sd:.1f}"
-    assert f"the null arm differs from the control by SD {sd} points per seed: the effect is not distinguishable" in said
+    ratio = f"{abs(r.diff) / r.null.sd:.3g}"
+    assert f"the null arm differs from the control by SD {sd} points per seed (the effect is {ratio} times that): " \
+           "the effect is not distinguishable from the noise floor" in said
+    few = compare(_null_sweep(T_IND[:3], C_IND[:3], N_IND[:3]), axes=[FN], contrast=CONTRAST, metrics=[ACC])
+    assert "3 seeds are too few to test the effect against it (p cannot go below 0.25)" in verdict(few.contrasts[0], few)
     words = noise(r)
     assert words.startswith("eval/exact_accuracy: pairing did not help: the arms of a seed correlate r=-")
     assert f"8 pairs detect a difference of {100 * r.mde:.1f} points with 80% power" in words
