@@ -64,7 +64,7 @@ def decide(diffs: list[np.ndarray], n: int, rule: AdaptiveSeeds) -> Decision:
     `diffs`: per contrast of the primary metric, the paired differences over the first n seeds."""
     reasons, intervals = [], []
     for d in diffs:
-        lo, hi = interval(d, rule, len(diffs)) if len(d) >= 2 else (np.nan, np.nan)
+        lo, hi = interval(d, rule, len(diffs)) if len(d) >= 2 else (np.array(np.nan), np.array(np.nan))
         reasons.append(str(stop_reason(lo, hi, n, rule)))
         intervals.append((float(lo), float(hi)))
     stop = bool(stops(np.array(reasons), n, rule))
@@ -73,7 +73,7 @@ def decide(diffs: list[np.ndarray], n: int, rule: AdaptiveSeeds) -> Decision:
 
 def stops(reasons: np.ndarray, n: int, rule: AdaptiveSeeds) -> np.ndarray:
     """Stop when every contrast (last axis of `reasons`) is answered, or at the last look."""
-    return np.isin(reasons, (EXCLUDES_ZERO, NARROW)).all(axis=-1) | (n >= rule.max)
+    return np.asarray(np.isin(reasons, (EXCLUDES_ZERO, NARROW)).all(axis=-1) | (n >= rule.max))
 
 
 def decide_sweep(spec, records: list, n: int) -> Decision:

@@ -417,6 +417,7 @@ def _null_arm(metric: str, t_cell: Cell | None, c_cell: Cell, n_cell: Cell, rng:
 
 def _paired(r: ContrastResult, cells: dict[str, Cell]) -> tuple[np.ndarray, np.ndarray]:
     """(treatment, control) values of a paired contrast, seed by seed."""
+    assert r.treatment_cell is not None and r.control_cell is not None  # a paired contrast has both arms
     vt, vc = (cells[cid].metrics[r.metric].values for cid in (r.treatment_cell, r.control_cell))
     return np.array([vt[s] for s in r.paired_seeds]), np.array([vc[s] for s in r.paired_seeds])
 

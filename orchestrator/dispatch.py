@@ -416,7 +416,9 @@ def _adaptive_seeds(spec: SweepSpec, ctx: SweepContext, store: SweepStore, paren
     """Seed batches until the primary contrast is answered (orchestrator/adaptive.py). Every look is recomputed
     from MLflow, so a relaunch walks the batches already done without running them and decides alike.
     Returns the trials of the seeds it ran to: those the sweep needed."""
-    rule, n = spec.adaptive, spec.adaptive.min
+    rule = spec.adaptive
+    assert rule is not None  # launch calls this for adaptive specs only
+    n = rule.min
     while True:
         trials = [t for t in plan.trials if t.seed < n]  # adaptive seeds are 0 .. max-1
         console.print(f"adaptive seeds: the batch up to {n} of at most {rule.max} seeds")

@@ -95,10 +95,10 @@ def planned_trial(spec: SweepSpec, variant: dict[str, Any], seed: int) -> Planne
 
 def variants(spec: SweepSpec) -> list[dict[str, Any]]:
     """The spec's cells, each control cell followed by its null-control arm when the spec asks for one."""
-    out = []
+    out, c = [], spec.contrast
     for cell in spec.cells():
         out.append(cell)
-        if spec.null_control and cell[spec.contrast.axis] == spec.contrast.control:
+        if spec.null_control and c is not None and cell[c.axis] == c.control:
             out.append(cell | {NULL_CONTROL_KEY: NULL_CONTROL_VALUE})
     return out
 

@@ -21,9 +21,9 @@ def simulate(rule: AdaptiveSeeds, mu: float, draw, contexts: int = 1, seed: int 
     lo, hi = np.full((2, SWEEPS, contexts), np.nan)
     n_stop = np.zeros(SWEEPS, int)
     for n in adaptive.looks(rule):
-        l, h = adaptive.interval(d[..., :n], rule, contexts)
-        now = (n_stop == 0) & adaptive.stops(adaptive.stop_reason(l, h, n, rule), n, rule)
-        lo[now], hi[now], n_stop[now] = l[now], h[now], n
+        low, high = adaptive.interval(d[..., :n], rule, contexts)
+        now = (n_stop == 0) & adaptive.stops(adaptive.stop_reason(low, high, n, rule), n, rule)
+        lo[now], hi[now], n_stop[now] = low[now], high[now], n
     assert (n_stop > 0).all()  # every sweep stopped, at the latest at max
     return lo, hi, n_stop
 
