@@ -10,7 +10,8 @@ import copy
 import json
 
 import pytest
-from test_sweep_e2e import TINY_BASE, run_cli, trial_runs, write_spec
+
+from harness import TINY_BASE, run_cli, trial_runs, write_spec
 
 pytestmark = pytest.mark.integration
 
