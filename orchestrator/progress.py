@@ -99,7 +99,8 @@ class SweepProgress:
             self._line(row.state, f"{name}  {numbers}{took}")
         elif row.state == TrialStatus.RETRYING and before_state != TrialStatus.RETRYING:
             self._line("retrying", f"{name}{attempt} from its last checkpoint")
-        elif row.state == running and row.step // self._every(row) > before_step // self._every(row):
+        elif (row.state == running and row.step < row.total_steps  # the last step: its end line follows
+              and row.step // self._every(row) > before_step // self._every(row)):
             self._line("step", f"{name}  {numbers}")
 
     def _every(self, row: _Row) -> int:

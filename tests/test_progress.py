@@ -25,7 +25,9 @@ def _run_two_trials(console: Console, summary_every: float = 60.0) -> SweepProgr
             metrics = {"train/lm_loss": 2.0 - step / 100}
             if step % 50 == 0:
                 metrics[SCORE] = step / 200
-            progress.update("a" * 16, step=step, metrics=metrics, state="finished" if step == 100 else None)
+            progress.update("a" * 16, step=step, metrics=metrics)  # the trainer's last log, then its end event
+            if step == 100:
+                progress.update("a" * 16, step=step, metrics=metrics, state="finished")
             if step <= 30:
                 progress.update("b" * 16, step=step, metrics={"train/lm_loss": float("nan") if step == 30 else 1.5},
                                 state="diverged" if step == 30 else None)
