@@ -132,7 +132,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def resumable(checkpoint_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
     """The newest good checkpoint in checkpoint_dir and its state (None: start fresh), and a note per bad one,
     each set aside as `<name>.corrupt-<time>` so that no later attempt trips on it again."""
-    notes = []
+    notes: list[str] = []
     for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
         path = checkpoint_dir / name
         if not path.exists():

@@ -230,7 +230,7 @@ def train(cfg: TrialConfig, reporter: Reporter | None = None, checkpoint_dir: Pa
         found, state, notes = resumable(checkpoint_dir)
         for note in notes:
             reporter.warn(note)
-        if state is not None:
+        if state is not None and found is not None:  # resumable() gives both or neither
             step, carry, last = load_checkpoint(state, found, cfg=cfg, model=model, optimizer=optimizer,
                                                 ema=s.ema, sampler=s.sampler, grad_spikes=grad_spikes,
                                                 device=s.device)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from etrm.status import DONE, TrialStatus
 from orchestrator.checkpoints import CheckpointStore
 from orchestrator.plan import Plan
-from etrm.status import DONE, TrialStatus
 
 HISTORY_NAME = "history.jsonl"
 

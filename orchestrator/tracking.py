@@ -232,7 +232,7 @@ class SweepStore:
 
     def delete_summary_runs(self, keep: set[str]) -> None:
         """Delete the summary runs of cells not in `keep` (cells of an earlier version of the sweep)."""
-        for old in self._search("summary"):
+        for old in self._search(Role.SUMMARY):
             if old.data.tags.get(Tag.CELL_ID) not in keep:
                 self.client.delete_run(old.info.run_id)
 

@@ -68,7 +68,6 @@ def run_trial(params: dict[str, Any]) -> None:
     """One trial, on a Ray worker. Torch and the trainer load here, so the driver never imports them."""
     import torch
 
-
     from etrm.checkpoint import CheckpointMismatch
     from etrm.train import TrialInvalid, train
 

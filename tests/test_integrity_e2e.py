@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from services import descendants, kill_pids, service_env
 from harness import CLI, TINY_BASE, run_cli, store_for, trial_runs, write_spec
+from services import descendants, kill_pids, service_env
 
 pytestmark = pytest.mark.integration
 SHORT = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": 4, "eval_every": 4}}

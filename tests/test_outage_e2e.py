@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from harness import CLI, TINY_BASE, run_cli, write_spec
 from orchestrator.tracking import SweepStore
 from services import descendants, kill_pids, service_env, start_mlflow
-from harness import CLI, TINY_BASE, run_cli, write_spec
 
 pytestmark = pytest.mark.integration
 STEPS = 120
