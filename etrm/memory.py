@@ -10,8 +10,8 @@ the config alone (no torch, so the sweep driver can ask too):
   in the update, and a copy for EMA;
 - activations kept for the backward pass: per transformer block, the tensors autograd saves
   (about 12·B·S·D + 4·B·S·I floats, I the SwiGLU width) for the decoder's last H cycle and
-  for the demo encoder over every demo slot, plus the attention scores where the kernel
-  materialises them; the carry and logits;
+  for the demo encoder over every demo slot, plus one float per attention score where a key
+  mask is applied; the carry and logits;
 - data: every puzzle's grids, their 8 dihedral token tables, the sampler's query arrays and
   the evaluation rows;
 - the runtime itself (Python, torch, numpy, SciPy).
@@ -77,8 +77,8 @@ def _block_activations(rows: int, length: int, m: ModelConfig, masked: bool) -> 
     """Bytes autograd keeps for one block over `rows` sequences of `length` tokens."""
     D = m.hidden_size
     saved = rows * length * (12 * D + 4 * swiglu_width(D, m.expansion))
-    if masked:  # attention with a key mask: the scores and their softmax are materialised
-        saved += 2 * rows * m.num_heads * length * length
+    if masked:  # attention with a key mask: about one float per score survives (fitted, bench/RESULTS.md)
+        saved += rows * m.num_heads * length * length
     return saved * FLOAT
 
 
