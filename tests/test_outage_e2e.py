@@ -46,7 +46,7 @@ def assert_complete(url: str, name: str) -> None:
 
 
 def test_training_goes_on_through_a_tracking_outage_and_nothing_is_lost(tmp_path):
-    server = start_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path)
+    server = start_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path, timeout=300)
     port = int(server.url.rsplit(":", 1)[1])
     ws = tmp_path / "ws"
     env = service_env(ETRM_SWEEP_HOME=str(ws), COLUMNS="200")
@@ -63,7 +63,7 @@ def test_training_goes_on_through_a_tracking_outage_and_nothing_is_lost(tmp_path
         wait_for("training during the outage", lambda: history_lines(ws, "short") >= down + 10, 120, driver)
         journal = ws / "journal" / "short.jsonl"
         assert journal.exists() and journal.read_text().strip()  # what waits for the server, on disk
-        server = start_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path, port=port)
+        server = start_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path, timeout=300, port=port)
         out, _ = driver.communicate(timeout=400)
         assert driver.returncode == 0, out
         assert_complete(server.url, "short")
@@ -86,7 +86,7 @@ def test_training_goes_on_through_a_tracking_outage_and_nothing_is_lost(tmp_path
         waiting = ws / "journal" / "long.jsonl"
         assert waiting.read_text().strip()
 
-        server = start_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path, port=port)
+        server = start_mlflow(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts", tmp_path, timeout=300, port=port)
         resumed = run_cli(["resume", "long"], ws, timeout=600)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         said = " ".join(resumed.stdout.split())
