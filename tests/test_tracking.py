@@ -70,7 +70,7 @@ def run_of(store, trial_id: str) -> str:
 def grid(store, tmp_path):
     """A launched two-cell, two-seed grid: the parent run, the callback and one Tune trial per planned trial."""
     plan = make_plan(parse_spec(spec_tree(store.sweep)))
-    search = grid_search(plan, set())
+    search = grid_search(plan.trials, set())
     parent = store.open_sweep("unit")
     progress = SweepProgress(Console(file=io.StringIO()), "eval/exact_accuracy")
     callback = callback_for(store, parent, search.resolve, progress, tmp_path / "journal.jsonl")
