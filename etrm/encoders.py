@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from etrm.config import ModelConfig
 from etrm.grids import PAD, VOCAB_SIZE
-from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, rms_norm
+from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, rms_norm, trunc_normal_
 from etrm.losses import kl_divergence
 
 LOGVAR_CLAMP = 10.0
@@ -49,13 +49,15 @@ def reparameterise(mu: Tensor, logvar: Tensor, training: bool) -> Tensor:
 
 
 class GaussianHead(nn.Module):
-    """mu and logvar projections (with bias); logvar starts at exactly 0 (unit variance)."""
+    """mu and logvar projections (with bias). `zero_logvar`: logvar starts at exactly 0 (unit
+    variance), as in the research's hybrid_variational; otherwise both are LeCun-initialised (its LPN)."""
 
-    def __init__(self, hidden_size: int, latent_dim: int):
+    def __init__(self, hidden_size: int, latent_dim: int, zero_logvar: bool):
         super().__init__()
         self.mu = Linear(hidden_size, latent_dim, bias=True)
         self.logvar = Linear(hidden_size, latent_dim, bias=True)
-        nn.init.zeros_(self.logvar.weight)
+        if zero_logvar:
+            nn.init.zeros_(self.logvar.weight)
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.mu(h), self.logvar(h).clamp(-LOGVAR_CLAMP, LOGVAR_CLAMP)
@@ -63,10 +65,12 @@ class GaussianHead(nn.Module):
 
 class DemoPairEncoder(nn.Module):
     """One (input, output) demo pair -> one vector, over 2G² tokens (separate input/output
-    embeddings, RoPE, PAD masked as attention keys).
+    embeddings scaled by sqrt(D), RoPE positions 0..2G²-1, PAD masked as attention keys).
 
-    readout 'pool' (`standard`): post-norm blocks, mean over non-PAD tokens, linear.
-    readout 'cls' (`hybrid_*`, `lpn_*`, LPN style): a CLS token first, pre-norm blocks, RMS norm of the CLS state.
+    readout 'pool' (`standard`): blocks in the set encoder's `norm_style`, mean over non-PAD
+    tokens, linear.
+    readout 'cls' (`hybrid_*`, `lpn_*`, LPN style): pre-norm blocks over a CLS token (std 0.02,
+    put in front after the scaling and left unrotated) and the grid tokens; RMS norm of the CLS state.
     """
 
     def __init__(self, cfg: ModelConfig, grid_size: int, readout: str):
@@ -77,25 +81,23 @@ class DemoPairEncoder(nn.Module):
         self.scale = math.sqrt(D)
         self.embed_in = Embedding(VOCAB_SIZE, D)
         self.embed_out = Embedding(VOCAB_SIZE, D)
-        n_tokens = 2 * grid_size**2 + (readout == "cls")
-        self.rope = RotaryEmbedding(D // cfg.num_heads, n_tokens, cfg.rope_theta)
-        norm_style = "post" if readout == "pool" else "pre"
+        has_cls = readout == "cls"
+        self.rope = RotaryEmbedding(D // cfg.num_heads, 2 * grid_size**2, cfg.rope_theta, unrotated=int(has_cls))
+        norm_style = "pre" if has_cls else cfg.encoder.norm_style
         self.blocks = nn.ModuleList(
             TransformerBlock(D, cfg.num_heads, cfg.expansion, norm_style) for _ in range(cfg.encoder.num_layers)
         )
-        if readout == "cls":
-            self.cls = nn.Parameter(torch.empty(D))
-            nn.init.trunc_normal_(self.cls, std=1 / self.scale, a=-2 / self.scale, b=2 / self.scale)
+        if has_cls:
+            self.cls = nn.Parameter(trunc_normal_(torch.empty(D), std=0.02))
         else:
             self.proj = Linear(D, D, bias=False)
 
     def forward(self, inputs: Tensor, outputs: Tensor) -> Tensor:
-        x = torch.cat((self.embed_in(inputs), self.embed_out(outputs)), dim=1)
+        x = torch.cat((self.embed_in(inputs), self.embed_out(outputs)), dim=1) * self.scale
         keep = torch.cat((inputs, outputs), dim=1) != PAD
         if self.readout == "cls":
             x = torch.cat((self.cls.expand(x.shape[0], 1, -1), x), dim=1)
             keep = torch.cat((keep.new_ones(keep.shape[0], 1), keep), dim=1)
-        x = x * self.scale
         for block in self.blocks:
             x = block(x, self.rope(), keep)
         if self.readout == "cls":
@@ -118,8 +120,8 @@ def encode_valid_demos(
 
 
 class DemoSetEncoder(nn.Module):
-    """T learnable queries cross-attend to the demo vectors (padded demos masked), each layer
-    followed by a SwiGLU, pre- or post-norm; then the switchable final RMS norm (the fix).
+    """T learnable queries (std 0.02) cross-attend to the demo vectors (padded demos masked), each
+    layer followed by a SwiGLU, pre- or post-norm; then the switchable final RMS norm (the fix).
 
     With pre-norm the residual stream's scale drifts with depth unless `final_norm`; with
     post-norm every layer already ends in an RMS norm, so `final_norm` is a no-op.
@@ -137,8 +139,7 @@ class DemoSetEncoder(nn.Module):
     ):
         super().__init__()
         self.final_norm = final_norm
-        self.queries = nn.Parameter(torch.empty(num_tokens, hidden_size))
-        nn.init.trunc_normal_(self.queries, std=1.0, a=-2.0, b=2.0)
+        self.queries = nn.Parameter(trunc_normal_(torch.empty(num_tokens, hidden_size), std=0.02))
         self.layers = nn.ModuleList(
             TransformerBlock(hidden_size, num_heads, expansion, norm_style) for _ in range(num_layers)
         )
@@ -191,7 +192,7 @@ class HybridVariationalEncoder(nn.Module):
         self.shape = (cfg.encoder.output_tokens, cfg.hidden_size)
         self.demo_encoder = DemoPairEncoder(cfg, grid_size, "cls")
         self.set_encoder = DemoSetEncoder.from_config(cfg)
-        self.latent = GaussianHead(cfg.hidden_size, cfg.encoder.latent_dim)
+        self.latent = GaussianHead(cfg.hidden_size, cfg.encoder.latent_dim, zero_logvar=True)
         self.decode = Linear(cfg.encoder.latent_dim, math.prod(self.shape), bias=False)
 
     def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> EncoderOutput:
@@ -224,7 +225,7 @@ class LPNVariationalEncoder(nn.Module):
         super().__init__()
         self.shape = (cfg.encoder.output_tokens, cfg.hidden_size)
         self.demo_encoder = DemoPairEncoder(cfg, grid_size, "cls")
-        self.latent = GaussianHead(cfg.hidden_size, cfg.encoder.latent_dim)
+        self.latent = GaussianHead(cfg.hidden_size, cfg.encoder.latent_dim, zero_logvar=False)
         self.decode = Linear(cfg.encoder.latent_dim, math.prod(self.shape), bias=False)
 
     def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> EncoderOutput:

@@ -2,6 +2,7 @@
 
 TRM conventions: RMS norm without a learnable gain (computed in fp32), no biases,
 LeCun-normal init, rotary positions, SwiGLU MLP. Attention is PyTorch SDPA.
+Every random init is `trunc_normal_`, whose std is the std the parameter really gets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ from torch import Tensor, nn
 from etrm.memory import swiglu_width  # the MLP width: the memory estimate needs it without torch
 
 RMS_EPS = 1e-5
+# std of a standard normal truncated to [-2, 2]: sqrt(1 - 2·2·φ(2) / (2Φ(2) - 1)) ≈ 0.880
+_TRUNC2_STD = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(2 / math.sqrt(2)))
+
+
+def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
+    """Normal init truncated at ±2 sigma, widened so that the values' std really is `std`.
+
+    torch's trunc_normal_(std=s) cuts the tails off a normal of std s, which leaves 0.88·s;
+    TRM and ETRM (JAX-style init) correct for that, and so do we: inits match theirs in distribution.
+    """
+    s = std / _TRUNC2_STD
+    return nn.init.trunc_normal_(tensor, std=s, a=-2 * s, b=2 * s)
 
 
 def rms_norm(x: Tensor, eps: float = RMS_EPS) -> Tensor:
@@ -24,31 +37,34 @@ def rms_norm(x: Tensor, eps: float = RMS_EPS) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """nn.Linear with LeCun init (normal, std 1/sqrt(fan_in), truncated at 2 std) as in TRM; biases start at 0."""
+    """nn.Linear with LeCun init (truncated normal, std 1/sqrt(fan_in)) as in TRM; biases start at 0."""
 
     def reset_parameters(self) -> None:
-        std = 1.0 / math.sqrt(self.in_features)
-        nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
+        trunc_normal_(self.weight, std=1.0 / math.sqrt(self.in_features))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
 
 class Embedding(nn.Embedding):
-    """Token embedding with std 1/sqrt(dim) (truncated at 2 std): scaled by sqrt(dim) at use, it has unit scale."""
+    """Token embedding with std 1/sqrt(dim) (truncated normal): scaled by sqrt(dim) at use, it has unit scale."""
 
     def reset_parameters(self) -> None:
-        std = 1.0 / math.sqrt(self.embedding_dim)
-        nn.init.trunc_normal_(self.weight, std=std, a=-2 * std, b=2 * std)
+        trunc_normal_(self.weight, std=1.0 / math.sqrt(self.embedding_dim))
 
 
 class RotaryEmbedding(nn.Module):
-    """1-D rotary position tables for `max_len` positions (buffers, not saved in checkpoints)."""
+    """1-D rotary position tables for `max_len` positions (buffers, not saved in checkpoints).
 
-    def __init__(self, head_dim: int, max_len: int, theta: float):
+    `unrotated` leading slots get the identity rotation (cos 1, sin 0) and the positions
+    0..max_len-1 follow them: a CLS token in front of a grid leaves the grid's positions as they are.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, theta: float, unrotated: int = 0):
         super().__init__()
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (L, head_dim)
+        freqs = torch.cat((freqs.new_zeros(unrotated, freqs.shape[1]), freqs))
+        emb = torch.cat((freqs, freqs), dim=-1)  # (unrotated + L, head_dim)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
@@ -117,7 +133,8 @@ class TransformerBlock(nn.Module):
 
     Pre-norm leaves the residual stream unnormalised, so its scale grows with depth; that is
     what the DemoSetEncoder's switchable final norm is about. With `kv` the attention is
-    cross-attention onto `kv` (normalised too in pre-norm), as in the DemoSetEncoder.
+    cross-attention onto `kv`, as in the DemoSetEncoder; pre-norm normalises the queries' stream
+    only, never `kv` (the demo vectors come in at whatever scale their encoder gives them).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, expansion: float, norm_style: str = "post"):
@@ -137,5 +154,5 @@ class TransformerBlock(nn.Module):
         if self.norm_style == "post":
             x = rms_norm(x + self.attn(x, rope, key_mask, kv))
             return rms_norm(x + self.mlp(x))
-        x = x + self.attn(rms_norm(x), rope, key_mask, None if kv is None else rms_norm(kv))
+        x = x + self.attn(rms_norm(x), rope, key_mask, kv)
         return x + self.mlp(rms_norm(x))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from etrm.grids import VOCAB_SIZE
-from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock
+from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, trunc_normal_
 from etrm.registry import encoder_class
 
 if TYPE_CHECKING:
@@ -67,8 +67,8 @@ class TRMDecoder(nn.Module):
             self.q_head.weight.zero_()
             self.q_head.bias.fill_(-5.0)
         # Fixed (not trained) initial latent states, saved with the model so a loaded decoder reuses them.
-        self.register_buffer("H_init", nn.init.trunc_normal_(torch.empty(D), std=1.0, a=-2.0, b=2.0))
-        self.register_buffer("L_init", nn.init.trunc_normal_(torch.empty(D), std=1.0, a=-2.0, b=2.0))
+        self.register_buffer("H_init", trunc_normal_(torch.empty(D), std=1.0))
+        self.register_buffer("L_init", trunc_normal_(torch.empty(D), std=1.0))
 
     def reason(self, z: Tensor, injection: Tensor) -> Tensor:
         z = z + injection
