@@ -146,7 +146,8 @@ class ETRM(nn.Module):
         return Carry(z_H.detach(), z_L.detach(), steps, halted, data), out
 
     def load_decoder_state(self, state_dict: dict[str, Tensor]) -> None:
-        """Load decoder weights from a full model state dict or a decoder-only one.
+        """Load decoder weights from a full model state dict, a decoder-only one, or a TRM / ETRM
+        research checkpoint (names `inner.*`, as the research's frozen-decoder runs loaded TRM's).
 
         Encoder keys and TRM puzzle-embedding keys are ignored (ETRM has no puzzle table);
         anything else must match exactly, so a wrong checkpoint fails loudly.
@@ -154,6 +155,8 @@ class ETRM(nn.Module):
         prefix = "decoder."
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+        elif any(_research_name(k) for k in state_dict):
+            state_dict = decoder_state_from_research(state_dict)
         self.decoder.load_state_dict({k: v for k, v in state_dict.items() if "puzzle_emb" not in k})
 
     def compile_blocks(self) -> None:
@@ -181,3 +184,32 @@ class ETRM(nn.Module):
     def freeze_decoder(self) -> None:
         """Train the encoder only (build the optimiser after this: frozen parameters are left out)."""
         self.decoder.requires_grad_(False)
+
+
+# TRM's and the ETRM research code's names for the decoder's tensors -> ours
+_RESEARCH_RENAMES = (
+    ("embed_tokens.embedding_weight", "embed.weight"),
+    ("L_level.layers.", "blocks."),
+    ("self_attn.qkv_proj.", "attn.qkv."),
+    ("self_attn.o_proj.", "attn.out."),
+    ("mlp.gate_up_proj.", "mlp.gate_up."),
+    ("mlp.down_proj.", "mlp.down."),
+)
+
+
+def _research_name(key: str) -> str | None:
+    """'inner.X' (also under TRM's '_orig_mod.model.' wrappers) -> 'X'; None for other keys."""
+    key = key.removeprefix("_orig_mod.").removeprefix("model.")
+    return key.removeprefix("inner.") if key.startswith("inner.") else None
+
+
+def decoder_state_from_research(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The decoder tensors of a TRM / ETRM research state dict under our names (same layout:
+    one fused qkv, SwiGLU gate_up); its encoder and loss-head keys are left out."""
+    out = {}
+    for key, value in state_dict.items():
+        if (name := _research_name(key)) is not None:
+            for old, new in _RESEARCH_RENAMES:
+                name = name.replace(old, new)
+            out[name] = value
+    return out

@@ -22,11 +22,12 @@ Run with -s to see every measured difference.
 from __future__ import annotations
 
 import contextlib
-import math
+import json
 import os
 import re
 import sys
 import types
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from etrm.encoders import ENCODERS
 from etrm.evaluate import arc_scores, record
 from etrm.grids import PAD, encode_grid
 from etrm.losses import stablemax_cross_entropy
-from etrm.model import ETRM
+from etrm.model import ETRM, decoder_state_from_research
 from etrm.train import forward_and_loss
 
 pytestmark = pytest.mark.parity
@@ -85,13 +86,10 @@ def research():
 # research names -> ours
 
 
-RENAMES = [  # applied in order to every research parameter name
-    (r"^inner\.", "decoder."),
+RENAMES = [  # applied in order to every research encoder parameter name (the decoder's: etrm.model)
     (r"(^|\.)grid_encoder\.", r"\1demo_encoder."),
-    (r"embed_tokens\.embedding_weight$", "embed.weight"),
     (r"input_embed\.embedding_weight$", "embed_in.weight"),
     (r"output_embed\.embedding_weight$", "embed_out.weight"),
-    (r"L_level\.layers\.", "blocks."),
     (r"demo_encoder\.layers\.", "demo_encoder.blocks."),
     (r"self_attn\.qkv_proj", "attn.qkv"),
     (r"self_attn\.o_proj", "attn.out"),
@@ -109,12 +107,16 @@ RENAMES = [  # applied in order to every research parameter name
 ]
 
 
-def to_ours(tensors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+def to_ours(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Research parameters (or their gradients) under our names and shapes. The set encoder's
-    separate q/k/v projections become our fused qkv; the CLS token loses its (1, 1) lead."""
-    out, qkv = {}, {}
+    separate q/k/v projections become our fused qkv; the CLS token loses its (1, 1) lead; the
+    decoder's go through etrm.model.decoder_state_from_research (what loads a TRM checkpoint)."""
+    decoder = decoder_state_from_research(tensors)
+    out = {f"decoder.{name}": value for name, value in decoder.items()}
+    qkv = {}
     for name, value in tensors.items():
-        name = name.removeprefix(prefix)
+        if name.startswith("inner."):
+            continue
         if m := re.match(r"(.*set_encoder\.layers\.\d+)\.([qkv])_proj\.weight$", name):
             qkv.setdefault(m[1], {})[m[2]] = value
             continue
@@ -126,24 +128,24 @@ def to_ours(tensors: dict[str, torch.Tensor], prefix: str = "") -> dict[str, tor
     return out
 
 
-def transplant(theirs: torch.nn.Module, ours: torch.nn.Module, prefix: str = "") -> None:
+def transplant(theirs: torch.nn.Module, ours: torch.nn.Module) -> None:
     """Copy every research parameter and persistent buffer into ours; every one of ours must be set."""
-    state = to_ours(dict(theirs.state_dict()), prefix)
+    state = to_ours(dict(theirs.state_dict()))
     missing, unexpected = ours.load_state_dict(state, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
 
 
-def research_grads(theirs: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
-    return to_ours({n: p.grad for n, p in theirs.named_parameters() if p.grad is not None}, prefix)
+def research_grads(theirs: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return to_ours({n: p.grad for n, p in theirs.named_parameters() if p.grad is not None})
 
 
-def grad_error(theirs: torch.nn.Module, ours: torch.nn.Module, prefix: str = "") -> tuple[float, float]:
+def grad_error(theirs: torch.nn.Module, ours: torch.nn.Module) -> tuple[float, float]:
     """Max over parameters of the max abs gradient difference, divided by that gradient's largest
     entry where it exceeds 1: float32 resolves a gradient of 90 (the CLS token's, in
     hybrid_variational's ACT steps) to ~5e-6, so an absolute 1e-5 cannot hold there for any two
     implementations that sum in different orders. Returns (that, the plain max abs difference);
     both sides must have the same gradients."""
-    ref = research_grads(theirs, prefix)
+    ref = research_grads(theirs)
     mine = {n: p.grad for n, p in ours.named_parameters() if p.grad is not None}
     assert ref.keys() == mine.keys(), sorted(ref.keys() ^ mine.keys())
     diffs = {n: (ref[n] - mine[n]).abs().max().item() for n in ref}
@@ -280,6 +282,9 @@ def test_act_training_steps_match_research(research, encoder_type):
     cfg.model.encoder.kl_weight = kl_weight / B
     ours = ETRM(cfg.model, G, K).train()
     transplant(theirs, ours)
+    frozen = ETRM(cfg.model, G, K)  # loads the research model's state dict as a frozen decoder would
+    frozen.load_decoder_state(head.state_dict())
+    assert all(torch.equal(v, frozen.decoder.state_dict()[k]) for k, v in ours.decoder.state_dict().items())
     setup = types.SimpleNamespace(model=ours, autocast=contextlib.nullcontext)
 
     batch = demo_batch(10)
@@ -369,8 +374,8 @@ def test_evaluator_matches_research(research, tmp_path):
                for i in range(4)}
     evaluated = ["p0", "p1", "p2"]  # p3 is not evaluated
     names = [f"{p}|{a}" for p in evaluated for a in range(len(augs))]
-    (tmp_path / "identifiers.json").write_text(__import__("json").dumps(names))
-    (tmp_path / "test_puzzles.json").write_text(__import__("json").dumps(puzzles))
+    (tmp_path / "identifiers.json").write_text(json.dumps(names))
+    (tmp_path / "test_puzzles.json").write_text(json.dumps(puzzles))
 
     rows, tokens, inputs, q, ids = [], [], [], [], []
     for ident, name in enumerate(names):
@@ -396,7 +401,7 @@ def test_evaluator_matches_research(research, tmp_path):
     finally:
         dist.destroy_process_group()
 
-    predictions = __import__("collections").defaultdict(list)
+    predictions = defaultdict(list)
     record(predictions, rows, np.stack(tokens), q, 30)
     labels = {(int(p[1:]), t): np.asarray(pair["output"]) for p in puzzles for t, pair in enumerate(puzzles[p]["test"])}
     ours = arc_scores(predictions, labels)
