@@ -223,8 +223,9 @@ class EvalRow:
 class EvalSet:
     """Every eval puzzle × cfg.eval_variants augmentations × each test pair: one row each.
 
-    Variant 0 is the identity; the others use distinct non-identity dihedral maps (so
-    eval_variants <= 8 are all different) with seeded random colour permutations.
+    Variant 0 is the identity; variants 1..7 use distinct non-identity dihedral maps, any
+    further ones random dihedral maps (as TRM's 1000 evaluation augmentations do), all with
+    seeded random colour permutations.
     Iterating yields (Batch, [EvalRow]) in a fixed order."""
 
     def __init__(self, puzzles: list[Puzzle], cfg: DataConfig, seed: int, batch_size: int):
@@ -237,6 +238,7 @@ class EvalSet:
         for i, (tin, tout, qin, qout) in enumerate(self.table.ids):
             dihedrals = 1 + rng.permutation(7)[: cfg.eval_variants - 1]
             augs = [Augmentation.identity()] + [Augmentation.random(rng, dihedral=int(k)) for k in dihedrals]
+            augs += [Augmentation.random(rng) for _ in range(cfg.eval_variants - len(augs))]
             demos = _demo_ids(tin, tout, np.ones(len(tin), dtype=bool), cfg.max_demos)
             for aug in augs:
                 for t in range(len(qin)):

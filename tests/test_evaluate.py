@@ -93,3 +93,15 @@ def test_evaluate_runs_the_real_model():
     m = evaluate(model, EvalSet(evals, cfg, seed=0, batch_size=4), "cpu", halt_max_steps=mcfg.halt_max_steps)
     assert set(m) == {"eval/accuracy", "eval/exact_accuracy", "ARC/pass@1", "ARC/pass@2", "ARC/pass@5"}
     assert all(0.0 <= v <= 1.0 for v in m.values())
+
+
+def test_more_than_eight_eval_variants_repeat_dihedrals_with_new_colours():
+    """The research voted over up to 1000 augmentations per puzzle: past the 8 dihedral maps,
+    variants reuse them with other colour permutations, still identity first and all distinct."""
+    cfg = DataConfig(num_train_puzzles=6, num_eval_puzzles=2, eval_variants=20)
+    _, evals = load_puzzles(cfg, 0)
+    eval_set = EvalSet(evals, cfg, seed=0, batch_size=4)
+    first = [r.aug for r in eval_set.rows if r.puzzle_idx == 0 and r.test_idx == 0]
+    assert len(first) == 20 and first[0] == Augmentation.identity()
+    assert sorted(a.dihedral for a in first[:8]) == list(range(8))
+    assert len(set(first)) == 20

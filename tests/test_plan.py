@@ -214,12 +214,17 @@ def test_shipped_sweeps_are_the_intended_experiments():
         assert "encoder_cross_sample_var" not in plan.spec.metrics[:3]  # raw: falls with the fix by construction
 
     norm_fix = make_plan(load_spec(ROOT / "sweeps" / "norm-fix.yaml"))
-    arms = {(t.config.model.encoder.type, t.config.model.encoder.kl_weight) for t in norm_fix.trials}
-    assert arms == {("hybrid_standard", 0.0), ("hybrid_variational", 0.0), ("hybrid_variational", 1.0e-4)}
-    assert len(norm_fix.trials) == 3 * (2 + 1) * 5  # each experiment: fix, no fix, and the null arm of no fix
+    beta = 1.0e-4 / 32  # the research's kl_weight on a KL over its local batch of 128 / 4 GPUs, per sample
+    arms = {(t.config.model.encoder.type, t.config.model.encoder.kl_weight, t.config.model.encoder.norm_style)
+            for t in norm_fix.trials}
+    assert arms == {(e, kl, style) for e, kl in (("hybrid_standard", 0.0), ("hybrid_variational", 0.0),
+                                                 ("hybrid_variational", beta)) for style in ("post", "pre")}
+    assert len(norm_fix.trials) == 3 * 2 * (2 + 1) * 5  # each experiment x block: fix, no fix, null arm of no fix
     c = norm_fix.trials[0].config
-    assert (c.model.hidden_size, c.model.num_heads, c.model.H_cycles, c.model.halt_max_steps, c.data.grid_size,
-            c.data.source, c.train.batch_size, norm_fix.spec.resources.gpu) == (512, 8, 3, 16, 30, "arc-agi-1", 768, 1)
+    assert (c.model.hidden_size, c.model.num_heads, c.model.H_cycles, c.model.L_cycles, c.model.halt_max_steps,
+            c.model.encoder.num_layers, c.model.encoder.set_layers, c.model.encoder.latent_dim, c.data.grid_size,
+            c.data.source, c.train.batch_size, c.train.lr, c.decoder.freeze, norm_fix.spec.resources.gpu) == (
+        512, 8, 3, 4, 16, 4, 1, 512, 30, "arc-agi-1", 128, 3e-4, True, 1)
 
     full = make_plan(load_spec(ROOT / "sweeps" / "full-ablation.yaml"))
     assert all(t.config.model.encoder.kl_weight == 0 or t.config.model.encoder.type == "hybrid_variational"
