@@ -97,7 +97,10 @@ class EncoderConfig(Strict):
     type: str = Field("standard", description="Encoder name: " + ", ".join(f"`{t}`" for t in ENCODERS) + ".")
     num_layers: int = Field(2, ge=1, description="Depth of the per-demo encoder.")
     set_layers: int = Field(2, ge=1, description="Cross-attention layers of the DemoSetEncoder.")
-    norm_style: Literal["pre", "post"] = Field("pre", description="DemoSetEncoder layer norm placement.")
+    norm_style: Literal["pre", "post"] = Field(
+        "pre", description="Norm placement in the DemoSetEncoder's layers (and, as in the research, in `standard`'s "
+        "per-demo blocks)."
+    )
     final_norm: bool = Field(True, description="The fix: RMS norm at the end of the DemoSetEncoder.")
     kl_weight: float = Field(0.0, ge=0.0, description="β of the KL term (variational encoders); 0 is allowed.")
     latent_dim: int = Field(32, ge=1, description="Latent width of variational encoders.")

@@ -35,13 +35,13 @@ import pytest
 import torch
 
 from etrm.augment import Augmentation
-from etrm.config import ENCODER_TYPES, build_config
+from etrm.config import build_config
 from etrm.data import EvalRow
-from etrm.encoders import ENCODERS
 from etrm.evaluate import arc_scores, record
 from etrm.grids import PAD, encode_grid
 from etrm.losses import stablemax_cross_entropy
 from etrm.model import ETRM, decoder_state_from_research
+from etrm.registry import ENCODERS, encoder_class
 from etrm.train import forward_and_loss
 
 pytestmark = pytest.mark.parity
@@ -170,8 +170,8 @@ def _without_final_norm(set_encoder: torch.nn.Module) -> None:
 
 
 def our_config(encoder_type: str, norm_style: str = "pre", final_norm: bool = True, **model):
-    encoder = dict(type=encoder_type, num_layers=2, set_layers=2, norm_style=norm_style, final_norm=final_norm,
-                   latent_dim=D, output_tokens=T)
+    knobs = dict(num_layers=2, set_layers=2, norm_style=norm_style, final_norm=final_norm, latent_dim=D, output_tokens=T)
+    encoder = {"type": encoder_type, **{k: v for k, v in knobs.items() if k in ENCODERS[encoder_type].knobs}}
     model = dict(hidden_size=D, num_heads=HEADS, expansion=EXPANSION, encoder=encoder, **model)
     return build_config({"data": {"grid_size": G, "max_demos": K}, "model": model})
 
@@ -217,14 +217,14 @@ def kl_in_research_form(encoder_type: str, kl: torch.Tensor, demo_mask: torch.Te
 # encoders
 
 
-ENCODER_CASES = [(t, s, f) for t in ENCODER_TYPES for s, f in NORM_CASES]
+ENCODER_CASES = [(t, s, f) for t in ENCODERS for s, f in NORM_CASES]
 
 
 @pytest.mark.parametrize("encoder_type,norm_style,final_norm", ENCODER_CASES)
 def test_encoder_matches_research(research, encoder_type, norm_style, final_norm):
     torch.manual_seed(0)
     theirs = research_encoder(research, encoder_type, norm_style, final_norm).train()
-    ours = ENCODERS[encoder_type](our_config(encoder_type, norm_style, final_norm).model, G).train()
+    ours = encoder_class(encoder_type)(our_config(encoder_type, norm_style, final_norm).model, G).train()
     transplant(theirs, ours)
     batch = demo_batch(1)
     probe = torch.randn(B, T, D, generator=torch.Generator().manual_seed(2))  # a loss that sees every output
