@@ -220,7 +220,7 @@ def test_shipped_sweeps_are_the_intended_experiments():
     assert arms == {(e, kl, style) for e, kl in (("hybrid_standard", 0.0), ("hybrid_variational", 0.0),
                                                  ("hybrid_variational", beta)) for style in ("post", "pre")}
     assert len(norm_fix.trials) == 3 * 2 * (2 + 1) * 5  # each experiment x block: fix, no fix, null arm of no fix
-    c = norm_fix.trials[0].config
+    c = next(t.config for t in norm_fix.trials if t.config.model.encoder.type == "hybrid_variational")
     assert (c.model.hidden_size, c.model.num_heads, c.model.H_cycles, c.model.L_cycles, c.model.halt_max_steps,
             c.model.encoder.num_layers, c.model.encoder.set_layers, c.model.encoder.latent_dim, c.data.grid_size,
             c.data.source, c.train.batch_size, c.train.lr, c.decoder.freeze, norm_fix.spec.resources.gpu) == (
