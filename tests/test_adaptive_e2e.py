@@ -29,6 +29,11 @@ def seeds_run(ws, name) -> dict[int, int]:
     return counts
 
 
+def said(result) -> str:
+    """What a command printed, with rich's line wrapping undone (it wraps at the terminal's width)."""
+    return " ".join(result.stdout.split())
+
+
 def test_a_large_effect_stops_at_the_first_look_and_a_relaunch_decides_alike(tmp_path):
     ws, name = tmp_path / "ws", "adaptive-large"
     spec = write_spec(tmp_path, name, base=BASE, axes={"train.lr": [0.02, 1.0e-6]}, seeds=RULE,
@@ -36,7 +41,7 @@ def test_a_large_effect_stops_at_the_first_look_and_a_relaunch_decides_alike(tmp
                       metrics=["train/lm_loss"], null_control=True)
     first = run_cli(["launch", str(spec)], ws)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "(excludes 0): answered, stopping at 3 of at most 5 seeds" in first.stdout
+    assert "(excludes 0): answered, stopping at 3 of at most 5 seeds" in said(first)
     assert seeds_run(ws, name) == {0: 3, 1: 3, 2: 3}  # treatment, control and null arm; no seed 3 or 4
 
     out = tmp_path / "comparison.json"
@@ -45,12 +50,12 @@ def test_a_large_effect_stops_at_the_first_look_and_a_relaunch_decides_alike(tmp
     assert contrast["ci_anytime"][1] < 0 and contrast["significant"]  # the loss drops, after peeking too
     assert contrast["null"]["n"] == 3 and contrast["null"]["sd"] < 1e-3 < -contrast["diff"]
     assert "anytime-valid CI" in contrast["verdict"] and "pairing" in contrast["noise"]
-    assert "Noise: did pairing help" in first.stdout
+    assert "Noise: did pairing help" in said(first)
 
     again = run_cli(["launch", str(spec)], ws)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "9 trials, 9 already done, 0 to run" in again.stdout
-    assert "answered, stopping at 3 of at most 5 seeds" in again.stdout
+    assert "9 trials, 9 already done, 0 to run" in said(again)
+    assert "answered, stopping at 3 of at most 5 seeds" in said(again)
     assert seeds_run(ws, name) == {0: 3, 1: 3, 2: 3}
 
 
@@ -62,6 +67,6 @@ def test_a_null_effect_runs_to_max(tmp_path):
     result = run_cli(["launch", str(spec)], ws)
     assert result.returncode == 0, result.stdout + result.stderr
     for n in (3, 4):
-        assert f"after {n} seeds" in result.stdout and f"running seeds up to {n + 1}" in result.stdout
-    assert "stopping at the most seeds the spec allows (5), not answered" in result.stdout
+        assert f"after {n} seeds" in said(result) and f"running seeds up to {n + 1}" in said(result)
+    assert "stopping at the most seeds the spec allows (5), not answered" in said(result)
     assert seeds_run(ws, name) == {s: 2 for s in range(5)}
