@@ -56,7 +56,7 @@ def dashboard_port(preferred: int = 8265) -> int:
 
 
 def secure_cluster() -> None:
-    """Join a cluster with token auth on unless the user turned it off (RAY_AUTH_MODE=disabled) explicitly."""
+    """Join a cluster with token auth on, unless the user chose another RAY_AUTH_MODE explicitly."""
     from ray._private import ray_constants
 
     os.environ.pop(_LOOPBACK_SWITCH, None)
