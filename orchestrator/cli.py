@@ -311,11 +311,12 @@ def compare(
     sign-flip permutation test (exact up to 16 pairs), effect size, Holm across contrasts, a verdict in words. The report (HTML, Markdown,
     CSV, JSON) is attached to the sweep's parent run, with one summary run per cell.
     """
-    from orchestrator.sweep_report import report_sweep
     from orchestrator.workspace import SweepContext
 
     with sweep_errors():
-        ctx = SweepContext.for_name(name)
+        ctx = SweepContext.for_name(name)  # a bad name is refused before the report's heavy imports
+        from orchestrator.sweep_report import report_sweep
+
         report_sweep(ctx.spec, ctx.store(), Console(), json_out, html_out)
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TRAINER, DRIVER = sorted((ROOT / "etrm").glob("*.py")), sorted((ROOT / "orchestrator").glob("*.py"))
 
@@ -43,6 +45,7 @@ def test_the_driver_imports_torch_only_inside_the_trial_function():
     assert [name for name, _ in inside] == ["trainable.py"] and inside[0][1] > run_trial, inside
 
 
+@pytest.mark.slow  # a fresh interpreter imports every driver module (Ray Tune, MLflow)
 def test_importing_every_driver_module_loads_no_torch():
     """What the static check cannot see: a dependency (Ray Tune, MLflow) that pulls torch in."""
     names = [f"orchestrator.{p.stem}" for p in DRIVER if p.stem != "__init__"]

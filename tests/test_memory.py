@@ -98,6 +98,7 @@ def test_the_address_space_limit_is_a_limit():
     assert out.stdout.strip() == f"({3 << 30}, 'the address-space limit (ulimit -v)')"
 
 
+@pytest.mark.slow  # the trainer CLI allocates until the address space runs out
 def test_an_allocator_failure_is_one_line(tmp_path):
     """A config the estimate lets through (its RSS fits) but whose tensors do not fit the address space the
     process has left: the allocator fails mid-training, and `trial` says so in one line, exit 2."""

@@ -19,34 +19,48 @@ from orchestrator import sweep_lock
 from orchestrator.sweep_lock import Holder, SweepLock, SweepLocked, lock_name
 from orchestrator.tracking_db import ensure_schema
 
-# Opens the store as every command does (schema under its lock), tries the lock, says what happened, holds.
+# Says "ready" once imported and waits for "go" on stdin, so that every contender opens the store as every
+# command does (schema under its lock) at the same moment; then tries the lock, says what happened, holds.
 CONTENDER = """
 import sys, time
 from mlflow.tracking import MlflowClient
 from orchestrator.sweep_lock import SweepLock, SweepLocked
 from orchestrator.tracking_db import ensure_schema
-uri, start = sys.argv[1], float(sys.argv[2])
+uri = sys.argv[1]
+print("ready", flush=True)
+sys.stdin.readline()
 ensure_schema(uri)
 client = MlflowClient(uri)
-time.sleep(max(0.0, start - time.time()))  # every contender tries at the same moment
 try:
     lock = SweepLock.acquire(client, "exp", "sw")
 except SweepLocked as err:
     print("refused:", err, flush=True)
     sys.exit(0)
 print("held", flush=True)
-time.sleep(float(sys.argv[3]))
+time.sleep(float(sys.argv[2]))
 """
 
 
-def contender(uri: str, start: float, hold: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CONTENDER, uri, str(start), str(hold)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def contenders(uri: str, count: int, hold: float) -> list[subprocess.Popen]:
+    """Driver-like processes, started together; each races for the lock once `go` tells it to."""
+    procs = [subprocess.Popen([sys.executable, "-c", CONTENDER, uri, str(hold)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    return procs
 
 
+def go(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+@pytest.mark.slow  # fresh interpreters importing MLflow, a fresh store's schema
 def test_of_drivers_racing_on_a_fresh_store_exactly_one_holds_the_lock(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [contender(uri, time.time() + 20, 300) for _ in range(3)]
+    procs = contenders(uri, 3, 300)
+    go(procs)
     try:
         said = [p.stdout.readline().strip() for p in procs]  # each says one line, then holds or exits
     finally:
@@ -62,11 +76,13 @@ def test_of_drivers_racing_on_a_fresh_store_exactly_one_holds_the_lock(tmp_path)
                 f"pid {holders[0]} on host " in s, s
 
 
+@pytest.mark.slow  # fresh interpreters importing MLflow, a fresh store's schema
 def test_the_lock_of_a_killed_driver_is_taken_over_and_a_live_one_is_not(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_schema(uri)
     client = MlflowClient(uri)
-    holder = contender(uri, 0, 300)
+    [holder] = contenders(uri, 1, 300)
+    go([holder])
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(SweepLocked, match=f"driver pid {holder.pid} on host"):

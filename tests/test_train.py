@@ -72,6 +72,7 @@ def test_unknown_config_keys_are_rejected_by_the_cli(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter runs the trainer
 def test_cli_runs_a_trial_and_writes_json(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
