@@ -8,6 +8,7 @@ traceback, and nothing is launched.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -284,17 +285,22 @@ def status(name: NameArg) -> None:
         metric, _ = ctx.spec.primary_metric()
         rows = ctx.store().status_rows(plan.trials, metric)
     table = Table("cell", "seed", "trial", "status", "step", metric, "message", title=f"{name}: {plan.summary()}")
-    counts: dict[str, int] = {}
     for row in rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
         table.add_row(row.cell, str(row.seed), row.trial_id[:8], row.status, "-" if row.step is None else str(row.step),
                       "-" if row.value is None else f"{row.value:.4g}", row.message[:60])
+    # a grid's rows past its plan are runs of an earlier version: listed, never counted with the current ones
+    current, older = (rows[:len(plan.trials)], rows[len(plan.trials):]) if ctx.spec.search == "grid" else (rows, [])
     console = Console()
     console.print(table)
-    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials")
-    if ctx.spec.search == "grid" and (older := len(rows) - len(plan.trials)):
-        console.print(f"the last {older} row(s): trial runs of an earlier version of this sweep (another base or "
-                      "axes), kept in MLflow; `etrm-sweep compare` and `resume` leave them out")
+    console.print(_counts(current) or "no trials")
+    if older:
+        console.print(f"the last {len(older)} row(s): trial runs of an earlier version of this sweep (another base or "
+                      f"axes: {_counts(older)}), kept in MLflow; `etrm-sweep compare` and `resume` leave them out")
+
+
+def _counts(rows: list) -> str:
+    """'3 finished, 1 running': how many of `rows` are in each state."""
+    return ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in rows).items()))
 
 
 @app.command()
