@@ -63,5 +63,15 @@ def store_for(workspace: Path, name: str):
     return SweepStore(f"sqlite:///{workspace / 'mlflow.db'}", name, name)
 
 
+def close_store(workspace: Path) -> None:
+    """Close this process's connections to the workspace's store. MLflow keeps one engine per database URI
+    for the life of the process, its pooled connections open on the file: after a test deletes mlflow.db
+    they would go on reading the deleted file, not the one a later launch creates at the same path."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if engine := SqlAlchemyStore._engine_map.get(f"sqlite:///{workspace / 'mlflow.db'}"):
+        engine.dispose()
+
+
 def trial_runs(workspace: Path, name: str) -> list:
     return list(store_for(workspace, name).trial_runs().values())
