@@ -223,6 +223,22 @@ def test_status_shows_every_planned_trial_with_what_mlflow_holds(workspace, sqli
     assert "1 finished, 2 pending, 1 running" in out
 
 
+def test_status_counts_the_current_version_and_lists_an_earlier_one_last(workspace, sqlite_uri):
+    tree = spec_tree("status-versions")
+    ctx = _launched(workspace, sqlite_uri, tree)
+    store, plan = ctx.store(), make_plan(ctx.spec)
+    old_base = {**tree["base"], "train": {**tree["base"]["train"], "lr": 3e-3}}
+    older = make_plan(parse_spec(tree | {"base": old_base})).trials[0]  # another base: another trial id
+    for trial in (plan.trials[0], older):
+        store.set_trial_status(store.open_trial(store.parent_run_id(), trial), TrialStatus.FINISHED)
+    out = _cli("status", "status-versions")
+    rows = [line for line in out.splitlines() if re.search(r"[0-9a-f]{8}", line)]
+    assert len(rows) == 5 and older.trial_id[:8] in rows[-1]
+    assert "1 finished, 3 pending" in out.splitlines(), out
+    assert "the last 1 row(s): trial runs of an earlier version of this sweep (another base or axes: 1 finished)" \
+        in " ".join(out.split()), out
+
+
 def test_status_shows_the_trials_of_an_optuna_sweep(workspace, sqlite_uri):
     tree = spec_tree("status-optuna", axes={}, seeds=[3], contrast=None, search=OPTUNA, metrics=["train/lm_loss"])
     ctx = _launched(workspace, sqlite_uri, tree)
