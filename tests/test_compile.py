@@ -12,7 +12,7 @@ from etrm.config import build_config
 from etrm.train import setup, train
 
 # inductor compiles C++: about a minute of CPU per test, ten and more on a loaded 2-core machine
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(1800)]
 
 TINY = {
     "data": {"grid_size": 4, "max_demos": 3, "num_train_puzzles": 8, "num_eval_puzzles": 1, "eval_variants": 1},

@@ -52,7 +52,13 @@ def _flag(pids: set[int], program: str, flag: str) -> str:
             continue
         if any(program in arg for arg in args):
             return next(arg.split("=", 1)[1] for arg in args if arg.startswith(flag + "="))
-    raise AssertionError(f"no process runs {program}")
+    alive = []
+    for pid in pids:
+        try:
+            alive.append(" ".join(psutil.Process(pid).cmdline())[:160])
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no process runs {program}; running: {alive}")
 
 
 def _loopback(ip: str) -> bool:
@@ -94,24 +100,8 @@ def test_local_ray_listens_on_loopback_only_and_refuses_a_client_without_the_tok
         address = f"127.0.0.1:{gcs_ports.pop()}"
         token = ws / "ray-token"
         assert stat.S_IMODE(token.stat().st_mode) == 0o600
-        # Every probe joins as a driver on this machine would (Ray's loopback switch, see local_ray.py):
-        # the token is the only difference between the one let in and the ones refused.
-        clean = {**{k: v for k, v in service_env().items() if not k.startswith("RAY_AUTH")},
-                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-        allowed = _probe_gcs(address, {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
-        out, err = allowed.communicate(timeout=240)
-        assert allowed.returncode == 0 and "NODES 1" in out, err[-2000:]
-        intruders = {label: _probe_gcs(address, env) for label, env in [
-            ("no token", clean), ("auth off", {**clean, "RAY_AUTH_MODE": "disabled"}),
-            ("wrong token", {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})]}
-        for label, probe in intruders.items():  # Ray retries a refused connection for a while, then gives up
-            try:
-                out, _ = probe.communicate(timeout=90)
-            except subprocess.TimeoutExpired:  # still refused after 90 s: it never got in
-                probe.kill()
-                out, _ = probe.communicate()
-            assert probe.returncode != 0 and "NODES" not in out, (label, out)
 
+        # The dashboard first, while the trial runs: it asks for the token too.
         dashboard = _flag(pids, "dashboard/dashboard.py", "--port")
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(f"http://127.0.0.1:{dashboard}/api/version", timeout=10)
@@ -120,6 +110,29 @@ def test_local_ray_listens_on_loopback_only_and_refuses_a_client_without_the_tok
                                          headers={"Authorization": f"Bearer {token.read_text().strip()}"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 200
+
+        # Every probe joins as a driver on this machine would (Ray's loopback switch, see local_ray.py):
+        # the token is the only difference between the one let in and the ones refused.
+        clean = {**{k: v for k, v in service_env().items() if not k.startswith("RAY_AUTH")},
+                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        started = time.monotonic()
+        allowed = _probe_gcs(address, {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+        out, err = allowed.communicate(timeout=240)
+        assert allowed.returncode == 0 and "NODES 1" in out, err[-2000:]
+        # The refused ones get five times what the one let in needed (30 s at least), all at once: a
+        # refused driver retries until it gives up or is killed, and never gets in either way.
+        window = max(30.0, 5 * (time.monotonic() - started))
+        intruders = {label: _probe_gcs(address, env) for label, env in [
+            ("no token", clean), ("auth off", {**clean, "RAY_AUTH_MODE": "disabled"}),
+            ("wrong token", {**clean, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})]}
+        deadline = time.monotonic() + window
+        for label, probe in intruders.items():
+            try:
+                out, _ = probe.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:  # still refused when the window closed: it never got in
+                probe.kill()
+                out, _ = probe.communicate()
+            assert probe.returncode != 0 and "NODES" not in out, (label, out)
     finally:
         kill_pids(descendants(driver.pid) | pids)
 

@@ -212,6 +212,7 @@ def test_reporter_receives_the_documented_metric_names(clipped_run):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # 1500 steps: about 4 minutes on 2 cores
 def test_learns_a_rule_family_on_held_out_instances():
     """One synthetic rule family, new instances at eval: the demo encoder has to carry the rule."""
     cfg = build_config(LEARN)
