@@ -18,7 +18,9 @@ from harness import CLI, TINY_BASE, run_cli, write_spec
 from orchestrator.tracking import SweepStore
 from services import descendants, kill_pids, service_env, start_mlflow
 
-pytestmark = pytest.mark.integration
+# Three launches and three MLflow server starts, about 3 minutes: heavy tier. test_journal.py holds the same
+# guarantee (writes wait out a real server's outage on disk and arrive once) in CI.
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 STEPS = 120
 BASE = {**TINY_BASE, "train": {**TINY_BASE["train"], "steps": STEPS, "log_every": 2, "eval_every": STEPS,
                                "checkpoint_every": 10, "threads": 1}}
