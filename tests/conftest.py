@@ -15,19 +15,10 @@ _names = itertools.count()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # two pytest workers, one per core
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the fast tier's two pytest workers, one per core
         import torch
 
         torch.set_num_threads(1)  # two workers with two torch threads each would contend for two cores
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup` (scripts/test's slow tier) the tests that start services run one at a time on
-    one worker, so at most one local Ray, MLflow server or browser runs at once; the other worker takes the
-    slow tests that only compute (parity, training, racing drivers)."""
-    for item in items:
-        if item.get_closest_marker("integration"):
-            item.add_marker(pytest.mark.xdist_group("services"))
 
 
 @pytest.fixture
