@@ -63,6 +63,7 @@ def test_a_large_effect_stops_before_max_and_a_relaunch_decides_alike(tmp_path):
     assert seeds_run(ws, name) == {seed: 3 for seed in range(n)}
 
 
+@pytest.mark.heavy  # every seed up to max: about a minute more than the large effect, which CI keeps
 def test_a_null_effect_runs_to_max(tmp_path):
     ws, name = tmp_path / "ws", "adaptive-null"
     spec = write_spec(tmp_path, name, base=BASE | {"train": BASE["train"] | {"lr": 0.02}},

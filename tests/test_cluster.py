@@ -22,7 +22,8 @@ from etrm.checkpoint import read_checkpoint
 from harness import CLI, TINY_BASE
 from services import descendants, kill_node, kill_pids, service_env, start_mlflow, start_ray_cluster
 
-pytestmark = pytest.mark.integration
+# A three-process Ray cluster, a killed node and a resume elsewhere: about 2 minutes, heavy tier
+pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 
 STEPS, LOG_EVERY, CHECKPOINT_EVERY = 240, 4, 20
 

@@ -40,6 +40,7 @@ def server(postgres, tmp_path):
     srv.stop()
 
 
+@pytest.mark.heavy  # a sweep through a PostgreSQL-backed server, about a minute; test_postgres_tracking.py stays in CI
 def test_concurrent_sweep_through_a_postgres_backed_server_loses_nothing(server, tmp_path):
     train = {**TINY_BASE["train"], "steps": STEPS, "log_every": LOG_EVERY, "eval_every": EVAL_EVERY,
              "checkpoint_every": STEPS, "threads": 1}
