@@ -2,8 +2,9 @@
 
 They replace TRM's per-puzzle embedding table, so a puzzle never seen in training can still
 be told apart. Every encoder maps demo_inputs / demo_outputs (B, K, G²) and demo_mask (B, K)
-to an `EncoderOutput`. Padded demo slots cost no compute: only the real demos are gathered
-into a flat batch, encoded, and scattered back (`encode_valid_demos`). etrm/registry.py names
+to an `EncoderOutput`. Padding costs no compute: only the real demos are gathered into a
+flat batch, encoded, and scattered back (`encode_valid_demos`), and inside each demo only its
+non-PAD tokens go through the blocks (`DemoPairEncoder`). etrm/registry.py names
 each of them (reference §4) for the config and the model.
 """
 
@@ -13,11 +14,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etrm.config import ModelConfig
 from etrm.grids import PAD, VOCAB_SIZE
-from etrm.layers import Embedding, Linear, RotaryEmbedding, TransformerBlock, rms_norm, trunc_normal_
+from etrm.layers import Embedding, Linear, Packed, RotaryEmbedding, TransformerBlock, rms_norm, trunc_normal_
 from etrm.losses import kl_divergence
 
 LOGVAR_CLAMP = 10.0
@@ -38,7 +40,7 @@ def encoder_output(context: Tensor, kl: Tensor | None = None) -> EncoderOutput:
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x (B, K, ...) over the K slots where mask (B, K) is True."""
+    """Mean of x (B, K, ...) over the K entries where mask (B, K) is True."""
     m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.dim() - 2)))
     return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
@@ -71,6 +73,9 @@ class DemoPairEncoder(nn.Module):
     tokens, linear.
     readout 'cls' (`hybrid_*`, `lpn_*`, LPN style): pre-norm blocks over a CLS token (std 0.02,
     put in front after the scaling and left unrotated) and the grid tokens; RMS norm of the CLS state.
+
+    PAD tokens are masked keys that no readout reads, so they are dropped before the blocks
+    (layers.Packed): the cost follows the grids' real sizes, not the padded canvas.
     """
 
     def __init__(self, cfg: ModelConfig, grid_size: int, readout: str):
@@ -92,17 +97,33 @@ class DemoPairEncoder(nn.Module):
         else:
             self.proj = Linear(D, D, bias=False)
 
-    def forward(self, inputs: Tensor, outputs: Tensor) -> Tensor:
-        x = torch.cat((self.embed_in(inputs), self.embed_out(outputs)), dim=1) * self.scale
+    def kept_tokens(self, inputs: Tensor, outputs: Tensor) -> Tensor:
+        """(n, L) bool: the tokens the blocks see (the CLS token and every non-PAD cell)."""
         keep = torch.cat((inputs, outputs), dim=1) != PAD
         if self.readout == "cls":
-            x = torch.cat((self.cls.expand(x.shape[0], 1, -1), x), dim=1)
             keep = torch.cat((keep.new_ones(keep.shape[0], 1), keep), dim=1)
-        for block in self.blocks:
-            x = block(x, self.rope(), keep)
+        return keep
+
+    def forward(self, inputs: Tensor, outputs: Tensor, num_kept: int | None = None) -> Tensor:
+        """(n, G²) demo inputs and outputs -> (n, D). `num_kept`, the number of kept tokens when
+        the caller already has it on the host, spares a host sync."""
+        packed = Packed.of(self.kept_tokens(inputs, outputs), num_kept)
+        # One table for both grids (outputs' ids shifted past the inputs'), scaled once, CLS last.
+        ids = torch.cat((inputs, outputs + VOCAB_SIZE), dim=1)
+        table = torch.cat((self.embed_in.weight, self.embed_out.weight)) * self.scale
         if self.readout == "cls":
-            return rms_norm(x[:, 0])
-        return self.proj(masked_mean(x, keep))
+            ids = torch.cat((ids.new_full((ids.shape[0], 1), 2 * VOCAB_SIZE), ids), dim=1)
+            table = torch.cat((table, self.cls[None]))
+        x = F.embedding(ids.flatten()[packed.index], table)
+        rope = tuple(t[packed.positions()] for t in self.rope())
+        for t in (x, *rope, packed.index, packed.key_mask):  # compiled blocks: sized for any step's demos at once
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+        for block in self.blocks:
+            x = block(x, rope, packed=packed)
+        if self.readout == "cls":
+            counts = packed.key_mask.sum(1)
+            return rms_norm(x[counts.cumsum(0) - counts])  # each demo's first kept token is its CLS
+        return self.proj(masked_mean(packed.pad(x), packed.key_mask))  # the dense sum's order: same rounding
 
 
 def encode_valid_demos(
@@ -110,12 +131,15 @@ def encode_valid_demos(
 ) -> Tensor:
     """Encode only the real demos; padded slots come back as zero vectors (B, K, D).
 
-    The gather needs the number of real demos on the host: one sync per step, the price
-    of not spending ~70% of the encoder's compute on padding.
+    The gather needs the numbers of real demos and of their tokens on the host: one sync per
+    step, the price of not spending most of the encoder's compute on padding.
     """
     B, K, _ = demo_inputs.shape
-    idx = demo_mask.flatten().nonzero().squeeze(1)
-    vecs = encoder(demo_inputs.flatten(0, 1)[idx], demo_outputs.flatten(0, 1)[idx])
+    inputs, outputs, real = demo_inputs.flatten(0, 1), demo_outputs.flatten(0, 1), demo_mask.flatten()
+    kept = encoder.kept_tokens(inputs, outputs) & real[:, None]
+    num_demos, num_kept = torch.stack((real.sum(), kept.sum())).tolist()  # the step's one host sync
+    idx = torch.nonzero_static(real, size=num_demos).squeeze(1)
+    vecs = encoder(inputs[idx], outputs[idx], num_kept)
     return vecs.new_zeros(B * K, vecs.shape[-1]).index_copy(0, idx, vecs).view(B, K, -1)
 
 

@@ -8,6 +8,7 @@ Every random init is `trunc_normal_`, whose std is the std the parameter really 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -73,11 +74,50 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate (B, H, L, hd) queries/keys by their position; computed in fp32."""
+    """Rotate queries/keys (..., hd) by their positions' cos/sin tables (broadcast to x); in fp32."""
     x1, x2 = x.float().chunk(2, dim=-1)
     rotated = torch.cat((-x2, x1), dim=-1)
-    L = x.shape[-2]
-    return (x.float() * cos[:L] + rotated * sin[:L]).to(x.dtype)
+    return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class Packed:
+    """n sequences of length L held as the flat batch (N, D) of their N kept tokens.
+
+    The per-demo encoder's grids are half PAD on average, and a PAD token is a masked key that
+    no output reads: dropping it changes nothing but the cost. Everything per token (projections,
+    SwiGLU, norms, rotary) runs on the kept tokens only; attention needs the sequences, so
+    q/k/v are scattered into (n, L) around it (zeros at dropped tokens, masked as keys) and its
+    output gathered back.
+    """
+
+    index: Tensor  # (N,) ascending positions of the kept tokens in the flattened (n * L)
+    key_mask: Tensor  # (n, L) bool: True at kept tokens
+
+    @classmethod
+    def of(cls, keep: Tensor, num_kept: int | None = None) -> Packed:
+        """Pack the True tokens of `keep` (n, L). With `num_kept` (their count, known on the host)
+        the index is found without a host sync."""
+        flat = keep.flatten()
+        index = flat.nonzero() if num_kept is None else torch.nonzero_static(flat, size=num_kept)
+        return cls(index.squeeze(1), keep)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (n, L, ...), zeros at the dropped tokens."""
+        n, L = self.key_mask.shape
+        return x.new_zeros(n * L, *x.shape[1:]).index_copy(0, self.index, x).unflatten(0, (n, L))
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """(n, L, ...) -> (N, ...): the kept tokens."""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def sequence(self) -> Tensor:
+        """(N,) which sequence each kept token belongs to."""
+        return self.index // self.key_mask.shape[1]
+
+    def positions(self) -> Tensor:
+        """(N,) each kept token's position in its sequence."""
+        return self.index % self.key_mask.shape[1]
 
 
 class Attention(nn.Module):
@@ -86,6 +126,7 @@ class Attention(nn.Module):
     Self-attention by default; pass `kv` for cross-attention (queries from `x`, keys and
     values from `kv`, through the same fused weight). `key_mask` (B, Lk) bool is True for keys
     that may be attended to, so PAD tokens and padded demo slots are masked inside attention.
+    With `packed`, x is (N, D) (see Packed) and `rope` holds each token's own cos/sin (N, hd).
     """
 
     def __init__(self, hidden_size: int, num_heads: int):
@@ -100,7 +141,10 @@ class Attention(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         key_mask: Tensor | None = None,
         kv: Tensor | None = None,
+        packed: Packed | None = None,
     ) -> Tensor:
+        if packed is not None:
+            return self._packed(x, rope, packed)
         B, L, D = x.shape
         if kv is None:
             q, k, v = self.qkv(x).split(D, dim=-1)
@@ -114,6 +158,16 @@ class Attention(nn.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(B, L, D))
+
+    def _packed(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, packed: Packed) -> Tensor:
+        N, D = x.shape
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, -1)).unbind(1)  # (N, H, hd) each
+        if rope is not None:
+            cos, sin = (t.unsqueeze(1) for t in rope)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = packed.pad(torch.stack((q, k, v), dim=1)).permute(2, 0, 3, 1, 4)  # (n, H, L, hd) each
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=packed.key_mask[:, None, None, :])
+        return self.out(packed.unpad(y.transpose(1, 2)).reshape(N, D))
 
 
 class SwiGLU(nn.Module):
@@ -150,9 +204,10 @@ class TransformerBlock(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         key_mask: Tensor | None = None,
         kv: Tensor | None = None,
+        packed: Packed | None = None,
     ) -> Tensor:
         if self.norm_style == "post":
-            x = rms_norm(x + self.attn(x, rope, key_mask, kv))
+            x = rms_norm(x + self.attn(x, rope, key_mask, kv, packed))
             return rms_norm(x + self.mlp(x))
-        x = x + self.attn(rms_norm(x), rope, key_mask, kv)
+        x = x + self.attn(rms_norm(x), rope, key_mask, kv, packed)
         return x + self.mlp(rms_norm(x))

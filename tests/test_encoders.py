@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from etrm.config import ConfigError, build_config
-from etrm.encoders import DemoSetEncoder
+from etrm.encoders import DemoPairEncoder, DemoSetEncoder
 from etrm.grids import PAD
+from etrm.layers import rms_norm
 from etrm.losses import q_halt_loss, stablemax_cross_entropy
 from etrm.model import ETRM
 from etrm.optim import build_optimizer
@@ -134,6 +135,46 @@ def test_padded_slots_are_not_encoded(encoder_type):
     n_real = int(batch["demo_mask"].sum())
     assert n_real < B * K
     assert rows == [(n_real, n_real)]
+
+
+def dense_demo_encoding(enc, inputs, outputs):
+    """What DemoPairEncoder computes, written the plain way: every token through every block on the
+    padded canvas, PAD masked as attention keys, the readout over non-PAD tokens."""
+    x = torch.cat((enc.embed_in(inputs), enc.embed_out(outputs)), dim=1) * enc.scale
+    keep = torch.cat((inputs, outputs), dim=1) != PAD
+    if enc.readout == "cls":
+        x = torch.cat((enc.cls.expand(x.shape[0], 1, -1), x), dim=1)
+        keep = torch.cat((keep.new_ones(keep.shape[0], 1), keep), dim=1)
+    for block in enc.blocks:
+        x = block(x, enc.rope(), keep)
+    if enc.readout == "cls":
+        return rms_norm(x[:, 0])
+    return enc.proj((x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("readout", ["pool", "cls"])
+@pytest.mark.parametrize("norm_style", ["pre", "post"])
+def test_dropping_pad_tokens_gives_the_padded_canvas_result(readout, norm_style):
+    """The per-demo encoder runs its blocks on the non-PAD tokens only (layers.Packed); outputs and
+    gradients must be those of the whole padded canvas with PAD masked."""
+    torch.manual_seed(0)
+    cfg = tiny_config("standard" if readout == "pool" else "hybrid_standard", norm_style=norm_style).model
+    enc = DemoPairEncoder(cfg, G, readout)
+    batch = random_batch()
+    inputs, outputs = batch["demo_inputs"].flatten(0, 1), batch["demo_outputs"].flatten(0, 1)
+    inputs[0, 5:] = PAD  # rows of very different lengths, one almost empty
+    assert (inputs != PAD).sum() + (outputs != PAD).sum() < 0.8 * 2 * inputs.numel()
+    results = []
+    for forward in (enc, lambda i, o: dense_demo_encoding(enc, i, o)):
+        enc.zero_grad()
+        out = forward(inputs, outputs)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters()}))
+    (packed, packed_grads), (dense, dense_grads) = results
+    torch.testing.assert_close(packed, dense, atol=1e-5, rtol=1e-5)
+    assert packed_grads.keys() == dense_grads.keys()
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, atol=1e-5, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("encoder_type", VARIATIONAL)
