@@ -65,8 +65,8 @@ def wrap(module: torch.nn.Module, label: str) -> None:
     module.forward = labelled
 
 
-def profile_one(impl: str, shape: str, dtype: str, steps: int, warmup: int) -> dict:
-    cfg = tt.config(shape, dtype)
+def profile_one(impl: str, shape: str, dtype: str, steps: int, warmup: int, compile: bool | None) -> dict:
+    cfg = tt.config(shape, dtype, compile)
     data = tt.batches(cfg)
     torch.manual_seed(0)
     trainer = tt.research_trainer(cfg, dtype) if impl == "research" else tt.our_trainer(cfg)
@@ -90,7 +90,7 @@ def profile_one(impl: str, shape: str, dtype: str, steps: int, warmup: int) -> d
     top = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps) for e in events if e.key not in PHASES),
                  key=lambda x: -x[1])[:12]
     return {"impl": impl, "shape": shape, "dtype": dtype, "ms_per_step": total, "phases": phases,
-            "kinds": kinds, "top": top, "compile": bool(cfg.train.compile) if impl == "ours" else False}
+            "kinds": kinds, "top": top, "compile": trainer.compiled}
 
 
 def render(results: list[dict], threads: int, steps: int) -> str:
@@ -127,18 +127,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)")
     parser.add_argument("--shapes", nargs="+", default=list(tt.SHAPES), choices=list(tt.SHAPES))
     parser.add_argument("--dtypes", nargs="+", default=list(tt.DTYPES), choices=list(tt.DTYPES))
+    parser.add_argument("--compile", choices=("default", "on", "off"), default="default",
+                        help="our train.compile: the config default, or forced")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(profile_one(*args.one, args.steps, args.warmup)))
+        compile = {"default": None, "on": True, "off": False}[args.compile]
+        print(json.dumps(profile_one(*args.one, args.steps, args.warmup, compile)))
         return
     results = []
     for shape in args.shapes:
         for dtype in args.dtypes:
             for impl in tt.IMPLS:
                 cmd = [sys.executable, __file__, "--one", impl, shape, dtype, "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--threads", str(args.threads)]
+                       "--warmup", str(args.warmup), "--threads", str(args.threads), "--compile", args.compile]
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode:
                     sys.exit(f"error: {impl} {shape} {dtype}:\n{out.stderr[-3000:]}")

@@ -1,6 +1,8 @@
 """Trainer throughput against the research code: training samples/s and peak RSS, side by side.
 
-    ETRM_REFERENCE=../shared/reference/etrm .venv/bin/python bench/trainer_throughput.py [--rounds 3] [--seconds 20]
+    ETRM_REFERENCE=../shared/reference/etrm .venv/bin/python bench/trainer_throughput.py [--rounds 3] [--compile on]
+    .venv/bin/python bench/trainer_throughput.py --first-step    # time to the first step: eager, compiled cold / warm
+    .venv/bin/python bench/trainer_throughput.py --scaling       # ours: samples/s and peak RSS vs batch and grid size
 
 The baseline is the research code itself (ETRM_REFERENCE, default ../shared/reference/etrm next
 to the repository): `models.recursive_reasoning.etrm.TRMWithEncoder` in `models.losses.ACTLossHead`,
@@ -15,15 +17,17 @@ carry persisting across steps, re-encoding every step, stable-max CE in float64,
 weight 0.5, halt_max_steps 4 with exploration 0.1, global-norm clip 1.0):
   - optimiser: research torch AdamW (its AdamATan2 is a CUDA-only package); ours AdamATan2, our
     default, the same update TRM uses;
-  - padded demo slots: research encodes all K slots and zeroes the padded ones after; ours gathers
-    the real demos and encodes only those;
+  - padding: research encodes all K demo slots on the whole padded canvas (2G² tokens each) and
+    zeroes the padded slots after; ours gathers the real demos and runs the per-demo encoder on
+    their non-PAD tokens only (PAD keys are masked in ours, so dropping them changes no output);
   - attention masks: research masks no PAD keys in the per-demo encoder; ours does;
   - SwiGLU width: research rounds to a multiple of 256, ours (hidden < 256) to a multiple of 8;
   - precision: research casts weights to bf16 (`forward_dtype`), ours uses autocast;
   - research computes encoder diagnostics with five `.item()` syncs and a per-puzzle loop every
     step, as its model does; ours syncs only on log steps (none in the timed steps here);
-  - ours may be compiled (`train.compile`); the research model runs eagerly (its forward syncs
-    mid-graph; its CUDA script compiles, unmeasured here).
+  - ours may be compiled (`--compile on`: torch.compile of every transformer block, compiled during
+    the untimed warm-up steps); the research model runs eagerly (its forward syncs mid-graph; its
+    CUDA script compiles, unmeasured here).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Trainer:
     step: Callable[[dict[str, torch.Tensor]], None]  # one optimiser step on a batch
     encoder: torch.nn.Module  # for bench/profile_trainer.py's ranges
     decoder: torch.nn.Module
+    compiled: bool = False
 
 
 def reference_path() -> Path:
@@ -170,7 +175,7 @@ def our_trainer(cfg):
             s.optimizer.zero_grad(set_to_none=True)
         halted_means.add(per_row, carry.halted)
 
-    return Trainer(step, s.model.encoder, s.model.decoder)
+    return Trainer(step, s.model.encoder, s.model.decoder, s.compiled)
 
 
 def peak_rss_mib() -> float:
@@ -185,13 +190,14 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def run_one(impl: str, shape: str, dtype: str, seconds: float, warmup: int, compile: bool | None,
+def run_one(impl: str, shape: str, dtype: str, seconds: float, warmup: int, min_steps: int, compile: bool | None,
             overrides: dict | None = None) -> dict:
     cfg = config(shape, dtype, compile, overrides)
     data = batches(cfg)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    step = (research_trainer(cfg, dtype) if impl == "research" else our_trainer(cfg)).step
+    trainer = research_trainer(cfg, dtype) if impl == "research" else our_trainer(cfg)
+    step = trainer.step
     step(data[0])
     first_step_s = time.perf_counter() - t0
     for i in range(1, warmup):
@@ -199,23 +205,35 @@ def run_one(impl: str, shape: str, dtype: str, seconds: float, warmup: int, comp
     startup_rss = peak_rss_mib()
     reset_peak_rss()
     steps, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while steps < 3 or time.perf_counter() - start < seconds:
+    while steps < min_steps or time.perf_counter() - start < seconds:
         step(data[(warmup + steps) % NUM_BATCHES])
         steps += 1
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {
-        "impl": impl, "shape": shape, "dtype": dtype, "compile": bool(cfg.train.compile) if impl == "ours" else False,
+        "impl": impl, "shape": shape, "dtype": dtype, "compile": trainer.compiled,
         "samples_per_s": steps * cfg.train.batch_size / elapsed, "ms_per_step": 1000 * elapsed / steps,
         "cpu_s_per_step": cpu / steps,
         "steps": steps, "first_step_s": first_step_s, "peak_rss_mib": peak_rss_mib(),
         "startup_peak_rss_mib": startup_rss, "threads": torch.get_num_threads(),
         "real_demos": float(torch.stack([b["demo_mask"].sum(-1).float().mean() for b in data]).mean()),
+        "real_tokens": real_token_share(data),
     }
 
 
-def spawn(*args: str) -> dict:
+def real_token_share(data: list[dict[str, torch.Tensor]]) -> float:
+    """Share of the real demos' tokens that are not PAD: what the per-demo encoder costs ours."""
+    from etrm.grids import PAD
+
+    kept = total = 0
+    for b in data:
+        grids = torch.cat((b["demo_inputs"], b["demo_outputs"]), dim=-1)[b["demo_mask"]]
+        kept, total = kept + int((grids != PAD).sum()), total + grids.numel()
+    return kept / total
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--one", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if out.returncode:
         sys.exit(f"error: {' '.join(args)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.splitlines()[-1])
@@ -239,24 +257,43 @@ def main() -> None:
     parser.add_argument("--out", help="write the markdown report here")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (research/ours) per shape and dtype")
     parser.add_argument("--seconds", type=float, default=15.0, help="timed seconds per measurement, after warm-up")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, the first one included "
+                        "(compilation happens in the first)")
+    parser.add_argument("--min-steps", type=int, default=3, help="timed steps at least, however long they take")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads in every process")
     parser.add_argument("--compile", choices=("default", "on", "off"), default="default",
                         help="our train.compile: the config default, or forced")
+    parser.add_argument("--first-step", action="store_true",
+                        help="instead: time to the first step, research and ours eager / compiled with a cold and a "
+                             "warm inductor cache (float32 unless --dtypes)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead: ours at hidden 128 over batch sizes and grid sizes (float32 unless --dtypes)")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "SHAPE", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     compile = {"default": None, "on": True, "off": False}[args.compile]
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(run_one(*args.one, args.seconds, args.warmup, compile)))
+        print(json.dumps(run_one(*args.one, args.seconds, args.warmup, args.min_steps, compile,
+                                 json.loads(args.overrides))))
         return
 
     reference_path()
+    timing = ["--seconds", str(args.seconds), "--warmup", str(args.warmup), "--min-steps", str(args.min_steps),
+              "--threads", str(args.threads)]
+    opts = timing + ["--compile", args.compile]
+    if args.first_step or args.scaling:
+        if args.dtypes == list(DTYPES):
+            args.dtypes = ["float32"]
+        report = first_step(args, timing) if args.first_step else scaling(args, opts)
+        if args.out:
+            Path(args.out).write_text(report)
+        print(report)
+        return
+
     rows, loads = [], [f"start: {load()}"]
-    opts = ["--seconds", str(args.seconds), "--warmup", str(args.warmup), "--compile", args.compile,
-            "--threads", str(args.threads)]
     for r in range(args.rounds):
         for shape in args.shapes:
             for dtype in args.dtypes:
@@ -273,6 +310,56 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(report)
     print(report)
+
+
+def first_step(args, timing: list[str]) -> str:
+    """Seconds from building the trainer to the end of its first step (data excluded), in fresh processes;
+    a cold inductor cache is an empty TORCHINDUCTOR_CACHE_DIR, the warm one the same directory once more."""
+    import tempfile
+
+    lines = [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; command: "
+             f"`.venv/bin/python bench/trainer_throughput.py {' '.join(sys.argv[1:])}`; {args.threads} torch threads; "
+             f"load average before: {load()}", "",
+             "| shape | dtype | research (eager) | ours eager | ours compiled, cold cache | ours compiled, warm cache "
+             "| ours compiled samples/s after warm-up (eager) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for shape in args.shapes:
+        for dtype in args.dtypes:
+            with tempfile.TemporaryDirectory() as cache:
+                env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+                research = spawn("research", shape, dtype, *timing, "--compile", "off", env=env)
+                eager = spawn("ours", shape, dtype, *timing, "--compile", "off", env=env)
+                cold = spawn("ours", shape, dtype, *timing, "--compile", "on", env=env)
+                warm = spawn("ours", shape, dtype, *timing, "--compile", "on", env=env)
+            print(f"{shape} {dtype}: research {research['first_step_s']:.1f} s, eager {eager['first_step_s']:.1f} s, "
+                  f"cold {cold['first_step_s']:.1f} s, warm {warm['first_step_s']:.1f} s", flush=True)
+            lines.append(f"| {shape} | {dtype} | {research['first_step_s']:.1f} s | {eager['first_step_s']:.1f} s "
+                         f"| {cold['first_step_s']:.1f} s | {warm['first_step_s']:.1f} s "
+                         f"| {warm['samples_per_s']:.1f} ({eager['samples_per_s']:.1f}) |")
+    return "\n".join(lines) + "\n"
+
+
+SCALING_BATCHES = (8, 16, 32, 64)  # at grid 10
+SCALING_GRIDS = (5, 10, 15, 20)  # at batch 16
+
+
+def scaling(args, opts: list[str]) -> str:
+    """Ours at hidden 128 (cpu-small's model) over batch size and grid size: what a trial of that size costs."""
+    lines = [f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; command: "
+             f"`.venv/bin/python bench/trainer_throughput.py {' '.join(sys.argv[1:])}`; {args.threads} torch threads; "
+             f"load average before: {load()}", "",
+             "| dtype | batch | grid | samples/s | s per step | peak RSS MiB (timed steps) | first step s | compiled |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    cases = [(b, 10) for b in SCALING_BATCHES] + [(16, g) for g in SCALING_GRIDS if g != 10]
+    for dtype in args.dtypes:
+        for batch, grid in cases:
+            row = spawn("ours", "cpu-small", dtype, *opts, "--overrides",
+                        json.dumps({"batch_size": batch, "grid_size": grid}))
+            print(f"{dtype} batch {batch} grid {grid}: {row['samples_per_s']:.1f} samples/s, "
+                  f"{row['peak_rss_mib']:.0f} MiB", flush=True)
+            lines.append(f"| {dtype} | {batch} | {grid} | {row['samples_per_s']:.1f} | {row['ms_per_step'] / 1000:.2f} "
+                         f"| {row['peak_rss_mib']:.0f} | {row['first_step_s']:.1f} | {row['compile']} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(rows: list[dict], args, loads: list[str]) -> str:
@@ -306,10 +393,14 @@ def render(rows: list[dict], args, loads: list[str]) -> str:
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; command: "
         f"`.venv/bin/python bench/trainer_throughput.py {' '.join(sys.argv[1:])}`",
         f"- torch {torch.__version__}, Python {platform.python_version()}, {rows[0]['threads']} torch threads in every "
-        f"process; {args.rounds} alternating rounds, {args.seconds:g} s timed after {args.warmup} warm-up steps, "
+        f"process; {args.rounds} alternating rounds, {args.seconds:g} s timed (at least {args.min_steps} steps) after "
+        f"{args.warmup} warm-up steps, "
         "each measurement its own process",
         f"- load average (1/5/15 min): {'; '.join(loads)}",
-        f"- real demos per row: {rows[0]['real_demos']:.2f} of 4 slots; the same {NUM_BATCHES} batches for both trainers",
+        "- the same " + str(NUM_BATCHES) + " batches for both trainers; per row, real demos of 4 slots and the share of "
+        "their tokens that are not PAD: " + "; ".join(
+            f"{r['shape']} {r['real_demos']:.2f}, {100 * r['real_tokens']:.0f}%"
+            for r in {r["shape"]: r for r in rows}.values()),
         "- shapes: H_cycles 3, L_cycles 4, L_layers 2, 4 heads, expansion 4, standard encoder (2 layers, "
         "2 post-norm set layers), 16 context tokens; "
         + "; ".join(f"{k}: hidden {v['hidden_size']}, grid {v['grid_size']}, batch {v['batch_size']}" for k, v in SHAPES.items()),

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from etrm.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, CheckpointMismatch, read_checkpoint
-from etrm.config import build_config
+from etrm.config import COMPILE_AUTO_MIN_STEPS, build_config
 from etrm.metrics import METRICS
-from etrm.train import TrialCrashed, train
+from etrm.train import TrialCrashed, should_compile, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,19 @@ class Recorder:
 
 def run_trainer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "etrm.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("compile, steps, device, dtype, expected", [
+    ("auto", COMPILE_AUTO_MIN_STEPS, "cpu", torch.float32, True),  # where compiling was measured to pay
+    ("auto", COMPILE_AUTO_MIN_STEPS - 1, "cpu", torch.float32, False),  # too short to earn the compile time back
+    ("auto", 10_000, "cpu", torch.bfloat16, False),  # emulated bf16: no gain measured
+    ("auto", 10_000, "cuda", torch.float32, False),  # unmeasured
+    (True, 3, "cpu", torch.bfloat16, True),  # an explicit setting is obeyed
+    (False, 10_000, "cpu", torch.float32, False),
+])
+def test_compile_auto_compiles_only_where_it_was_measured_to_pay(compile, steps, device, dtype, expected):
+    tc = build_config({"train": {"compile": compile, "steps": steps}}).train
+    assert should_compile(tc, torch.device(device), dtype) is expected
 
 
 def test_unknown_config_keys_are_rejected_by_the_cli(tmp_path):
