@@ -366,9 +366,12 @@ def render(rows: list[dict], args, loads: list[str]) -> str:
     def pick(impl, shape, dtype):
         return [r for r in rows if (r["impl"], r["shape"], r["dtype"]) == (impl, shape, dtype)]
 
+    def num(x: float) -> str:
+        return f"{x:.2f}" if x < 1 else f"{x:.1f}"
+
     def cell(rs):
         sps = sorted(r["samples_per_s"] for r in rs)
-        return (f"{statistics.median(sps):.1f} ({sps[0]:.1f}-{sps[-1]:.1f})",
+        return (f"{num(statistics.median(sps))} ({num(sps[0])}-{num(sps[-1])})",
                 f"{statistics.median(r['peak_rss_mib'] for r in rs):.0f}")
 
     lines = [
