@@ -111,10 +111,6 @@ class Packed:
         """(n, L, ...) -> (N, ...): the kept tokens."""
         return x.flatten(0, 1).index_select(0, self.index)
 
-    def sequence(self) -> Tensor:
-        """(N,) which sequence each kept token belongs to."""
-        return self.index // self.key_mask.shape[1]
-
     def positions(self) -> Tensor:
         """(N,) each kept token's position in its sequence."""
         return self.index % self.key_mask.shape[1]
