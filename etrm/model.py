@@ -166,7 +166,8 @@ class ETRM(nn.Module):
         per step (H_cycles x (L_cycles + 1) x L_layers), and one compiled block serves them all,
         so compilation takes about a minute on a CPU rather than many. The number of real demos
         varies per step, so the per-demo encoder's blocks are recompiled once with a dynamic
-        batch size. Outputs equal the eager ones up to float rounding (tests/test_compile.py).
+        batch size. Outputs equal the eager ones up to float rounding (tests/test_compile.py; against
+        the research code, tests/test_parity.py).
         """
         for module in self.modules():
             if isinstance(module, TransformerBlock):
