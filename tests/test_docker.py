@@ -70,26 +70,33 @@ def test_setup_and_images_share_one_install_script():
     assert re.search(r'^exec "\$\(dirname "\$0"\)/install"$', setup, re.M)
     install = (ROOT / "scripts" / "install").read_text()
     # one resolver call: a single `pip install` of the project
-    assert len(re.findall(r"pip install[^\n]*-e '\.\[test\]'", install)) == 1
+    assert len(re.findall(r'pip install[^\n]*-e "\$project"', install)) == 1
     for dockerfile in DOCKERFILES:
         assert "COPY --chown=" in dockerfile.read_text()
+        # the runtime alone in the images: no test tools
+        assert re.search(r"^RUN EXTRAS='' .*scripts/install$", dockerfile.read_text(), re.M)
 
 
 def test_install_pins_torch_variant_from_pyproject(tmp_path):
-    """The image's torch is `torch==<pyproject pin>+<variant>` from the PyTorch index of that variant."""
+    """The image's torch is `torch==<pyproject pin>+<variant>` from the PyTorch index of that variant;
+    the project comes with its test tools unless EXTRAS is empty (the images)."""
     script = (ROOT / "scripts" / "install").read_text()
     pin = re.search(r'"(torch==[^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     probe = tmp_path / "probe.sh"
     probe.write_text(
         "set -euo pipefail\ncd " + str(ROOT) + "\n" + script.split('if [ ! -x "$VENV/bin/python" ]')[0]
-        .split('cd "$(dirname "$0")/.."')[1] + 'printf "%s\\n" "${extra[@]}"\n')
-    out = subprocess.run(["bash", str(probe)], env={"TORCH_VARIANT": "cu128", "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [f"{pin}+cu128", "--extra-index-url", "https://download.pytorch.org/whl/cu128"]
+        .split('cd "$(dirname "$0")/.."')[1] + 'printf "%s\\n" "$project" "${extra[@]}"\n')
+
+    def resolved(**env):
+        out = subprocess.run(["bash", str(probe)], env={"PATH": "/usr/bin:/bin", **env},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    assert resolved(TORCH_VARIANT="cu128") == [
+        ".[test]", f"{pin}+cu128", "--extra-index-url", "https://download.pytorch.org/whl/cu128"]
     # TORCH_INDEX empty (scripts/build-images, where that index is out of reach): pip's own sources only
-    out = subprocess.run(["bash", str(probe)], env={"TORCH_VARIANT": "cpu", "TORCH_INDEX": "", "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [f"{pin}+cpu"]
+    assert resolved(TORCH_VARIANT="cpu", TORCH_INDEX="", EXTRAS="") == [".", f"{pin}+cpu"]
+    assert resolved() == [".[test]"]  # CI and scripts/setup: the pinned torch pip finds, test tools
 
 
 # ---------------------------------------------------------------- compose
