@@ -175,7 +175,7 @@ def our_trainer(cfg):
             s.optimizer.zero_grad(set_to_none=True)
         halted_means.add(per_row, carry.halted)
 
-    return Trainer(step, s.model.encoder, s.model.decoder, s.compiled)
+    return Trainer(step, s.model.encoder, s.model.decoder, cfg.train.compile)
 
 
 def peak_rss_mib() -> float:
