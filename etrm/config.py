@@ -189,11 +189,10 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default). Not part of the trial id.")
     compile: bool = Field(
         False,
-        description="torch.compile the transformer blocks (inductor); evaluation runs eagerly. Float32 CPU steps run "
-        "1.3-1.9x faster after about a minute of compilation (bench/RESULTS.md), and every step's outputs and "
-        "gradients match eager within float rounding, but off by default: in tests/test_train.py's learning test "
-        "compiled trials learned the rule later than eager ones on each of the seeds tried (bench/RESULTS.md, cause "
-        "not found). Not part of the trial id.",
+        description="torch.compile the transformer blocks (inductor); evaluation runs eagerly. After about a minute of "
+        "compilation float32 CPU steps run faster and match eager within "
+        "float rounding, but it is off by default: in tests/test_train.py's learning test compiled trials learned the "
+        "rule later than eager ones on every seed tried, cause not found (bench/RESULTS.md). Not part of the trial id.",
     )
 
 
