@@ -25,6 +25,10 @@ from etrm.strict_yaml import YamlError, parse_yaml, read_yaml
 # machine would: tests/test_compile.py). So the trial id leaves them out:
 # changing them reruns nothing, and a trial resumes from a checkpoint written at another frequency. Every run
 # still records them (MLflow params, trial_config.json). A sweep cannot vary them (orchestrator/spec.py).
+# train.compile: auto compiles float32 CPU trials of at least this many steps. Measured at the benchmark's
+# cpu-small shape (bench/RESULTS.md): compilation costs ~1 min with a cold inductor cache and pays back
+# after ~100 steps; a few seconds with a warm one.
+COMPILE_AUTO_MIN_STEPS = 500
 OBSERVABILITY_KEYS = ("train.log_every", "train.eval_every", "train.checkpoint_every", "train.threads", "train.compile")
 
 SYNTHETIC_FAMILIES = ("dihedral", "colour_map", "translate", "gravity", "fill", "recolour_object")
@@ -187,12 +191,12 @@ class TrainConfig(Strict):
         "else float32. On such CPUs bf16 pays off from hidden ~128; tiny models run faster in float32 (bench/RESULTS.md).",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (null = torch's default). Not part of the trial id.")
-    compile: bool = Field(
-        False,
-        description="torch.compile the transformer blocks (inductor); evaluation runs eagerly. After about a minute of "
-        "compilation float32 CPU steps run faster and match eager within "
-        "float rounding, but it is off by default: in tests/test_train.py's learning test compiled trials learned the "
-        "rule later than eager ones on every seed tried, cause not found (bench/RESULTS.md). Not part of the trial id.",
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the transformer blocks (inductor); evaluation runs eagerly. auto = on where it "
+        f"was measured to pay: float32 on a CPU, trials of {COMPILE_AUTO_MIN_STEPS}+ steps (about a minute of compilation "
+        "with a cold cache, then shorter steps); off in bfloat16 (no gain measured) and on CUDA (unmeasured). Compiled "
+        "trials learned as eager ones did over 20 seeds (bench/RESULTS.md). Not part of the trial id.",
     )
 
 

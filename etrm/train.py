@@ -28,7 +28,7 @@ import torch
 
 from etrm import memory
 from etrm.checkpoint import CHECKPOINT_NAME, CheckpointMismatch, load_checkpoint, load_decoder_weights, resumable, save_checkpoint
-from etrm.config import ConfigError, TrialConfig, load_config
+from etrm.config import COMPILE_AUTO_MIN_STEPS, ConfigError, TrainConfig, TrialConfig, load_config
 from etrm.data import EvalSet, TrainSampler, load_puzzles
 from etrm.diagnostics import GradSpikes, HaltedMeans, encoder_diagnostics, grad_norm
 from etrm.evaluate import evaluate
@@ -124,6 +124,7 @@ class Setup:
     ema: ETRM | None
     sampler: TrainSampler
     eval_set: EvalSet
+    compiled: bool  # train.compile, resolved
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -155,9 +156,19 @@ def setup(cfg: TrialConfig) -> Setup:
     optimizer = build_optimizer(model, tc)  # after freezing: frozen parameters are left out
     ema = copy.deepcopy(model).requires_grad_(False) if tc.ema_decay else None
     dtype = pick_dtype(tc.dtype, device)
-    if tc.compile:
+    compiled = should_compile(tc, device, dtype)
+    if compiled:
         model.compile_blocks()  # after the EMA copy: evaluation stays eager
-    return Setup(device, dtype, model, optimizer, ema, sampler, eval_set)
+    return Setup(device, dtype, model, optimizer, ema, sampler, eval_set, compiled)
+
+
+def should_compile(tc: TrainConfig, device: torch.device, dtype: torch.dtype) -> bool:
+    """train.compile, with auto resolved where it was measured to pay (bench/RESULTS.md): float32 on a
+    CPU, long enough trials. In emulated bf16 the matmuls take the time and compiling gained nothing;
+    on CUDA it is unmeasured."""
+    if tc.compile != "auto":
+        return tc.compile
+    return device.type == "cpu" and dtype == torch.float32 and tc.steps >= COMPILE_AUTO_MIN_STEPS
 
 
 def forward_and_loss(
