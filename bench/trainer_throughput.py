@@ -56,7 +56,7 @@ SHAPES = {
 }
 DTYPES = ("float32", "bfloat16")
 IMPLS = ("research", "ours")
-BENCH_TRIAL_STEPS = 10_000  # the configs' train.steps (the bench times steps; this only resolves train.compile: auto)
+BENCH_TRIAL_STEPS = 10_000  # the configs' train.steps: a long trial, so train.compile: auto decides as for one (only steps are timed)
 NUM_BATCHES = 16  # distinct batches, cycled; both trainers see the same sequence
 
 
@@ -79,7 +79,6 @@ def config(shape: str, dtype: str, compile: bool | None = None, overrides: dict 
     from etrm.config import build_config
 
     s = SHAPES[shape] | (overrides or {})
-    # A long trial: throughput matters there, and train.compile's auto decides as it would for one.
     train = {"batch_size": s["batch_size"], "dtype": dtype, "threads": torch.get_num_threads(), "steps": BENCH_TRIAL_STEPS}
     if compile is not None:
         train["compile"] = compile
